@@ -1,0 +1,195 @@
+"""The causal chunk loop: Self Forcing's few-step sampler with per-chunk step plans (FFE).
+
+For each chunk of `chunk_frames` latent frames: start from noise; at each timestep of the
+plan predict x0 and re-noise it to the next timestep with fresh noise; the last x0 is the
+chunk. Then one more pass on the clean chunk at t=0 (or `context_noise`) writes its keys and
+values into the KV cache for the chunks after it. Chunks are yielded as they finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+from .schedule import StepPlan, timestep_to_sigma
+
+
+class SamplingCancelled(Exception):
+    """Raised between model calls when `should_cancel()` says so."""
+
+
+@dataclass
+class SamplerProgress:
+    call: int  # model calls done so far (1-based after the call)
+    total_calls: int
+    chunk: int  # chunk index the call belonged to (-1 for prefix frames)
+    num_chunks: int
+    finished_chunk: torch.Tensor | None = None  # (B, C, f, H, W) when a chunk just finished
+
+
+def check_video_shape(num_frames: int, chunk_frames: int, latent_height: int, latent_width: int, patch_size) -> None:
+    """Reject shapes the chunking or the patchify cannot take, before any model runs."""
+    if num_frames < 1 or num_frames % chunk_frames:
+        lower = max(chunk_frames, num_frames // chunk_frames * chunk_frames)
+        raise ValueError(
+            f"{num_frames} latent frames do not split into chunks of {chunk_frames}; "
+            f"use a multiple of {chunk_frames} (e.g. {lower} or {lower + chunk_frames})"
+        )
+    _, p_h, p_w = patch_size
+    if latent_height % p_h or latent_width % p_w:
+        raise ValueError(
+            f"latent size {latent_height}x{latent_width} is not divisible by the patch size {p_h}x{p_w}; "
+            f"pixel sizes must be multiples of {8 * p_h}x{8 * p_w}"
+        )
+
+
+def sample_video(
+    model,
+    *,
+    plan: StepPlan,
+    context: torch.Tensor,
+    num_frames: int,
+    latent_height: int,
+    latent_width: int,
+    seeds: Sequence[int],
+    negative_context: torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
+    context_noise: float = 0.0,
+    prefix: torch.Tensor | None = None,
+    max_cache_frames: int | None = None,
+    sink_frames: int | None = None,
+    callback: Callable[[SamplerProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the clean latents (B, C, chunk_frames, H, W) of each chunk, in order.
+
+    seeds: one per sample; each sample draws its noise from its own generator, so a
+      sample's video depends on its seed only (same seed, same video, bitwise on CPU).
+    context: (B or 1, L, text_dim) text embeddings; negative_context + cfg_scale != 1 turns
+      on classifier-free guidance (off for distilled models).
+    context_noise: timestep in [0, 1000] at which the clean chunk is re-noised for the
+      cache-filling pass (0 = clean, as Self Forcing samples by default).
+    prefix: (B, C, P, H, W) clean latents of a video to continue; they fill the cache first.
+    max_cache_frames: None sizes the cache for the whole video; a number makes it a rolling
+      window of that many frames keeping `sink_frames` (default: one chunk) for ever.
+    """
+    config = model.config
+    chunk_frames = config.chunk_frames
+    check_video_shape(num_frames, chunk_frames, latent_height, latent_width, config.patch_size)
+    batch = len(seeds)
+    if batch < 1:
+        raise ValueError("give at least one seed (one per sample)")
+    if not 0 <= context_noise <= 1000:
+        raise ValueError(f"context_noise is a timestep in [0, 1000], got {context_noise}")
+    guided = negative_context is not None and cfg_scale != 1.0
+    contexts = _batch_contexts(context, negative_context if guided else None, batch)
+    prefix_frames = 0 if prefix is None else prefix.shape[2]
+    if prefix is not None and (prefix.shape[0] != batch or prefix.shape[1] != config.in_channels
+                               or prefix.shape[3:] != (latent_height, latent_width)):
+        raise ValueError(
+            f"prefix latents {tuple(prefix.shape)} do not match batch {batch}, {config.in_channels} channels "
+            f"and latent size {latent_height}x{latent_width}"
+        )
+
+    cache = _kv_cache_for(model, 2 * batch if guided else batch, prefix_frames + num_frames,
+                          latent_height, latent_width, max_cache_frames, sink_frames)
+    generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+    num_chunks = num_frames // chunk_frames
+    prefix_calls = -(-prefix_frames // chunk_frames)
+    total_calls = prefix_calls + plan.model_calls(num_chunks) - 1  # the last chunk needs no cache fill
+    calls = 0
+
+    def predict(x: torch.Tensor, timestep: float, frame_offset: int, update_cache: bool, chunk: int) -> torch.Tensor:
+        """One transformer pass (two halves of one batch under CFG); returns x0 in float32."""
+        nonlocal calls
+        if should_cancel is not None and should_cancel():
+            raise SamplingCancelled(f"cancelled after {calls} of {total_calls} model calls")
+        model_in = torch.cat([x, x]) if guided else x
+        with torch.no_grad():
+            flow = model(model_in.to(model.device, model.dtype), timestep, contexts,
+                         frame_offset=frame_offset, kv_cache=cache, update_cache=update_cache).float()
+        if guided:
+            cond, uncond = flow.chunk(2)
+            flow = uncond + cfg_scale * (cond - uncond)
+        calls += 1
+        if callback is not None:
+            callback(SamplerProgress(calls, total_calls, chunk, num_chunks))
+        return x - timestep_to_sigma(timestep) * flow.to(x.device)
+
+    def fill_cache(clean: torch.Tensor, frame_offset: int, chunk: int) -> None:
+        x = clean
+        if context_noise > 0:
+            x = _renoise(clean, context_noise, generators)
+        predict(x, context_noise, frame_offset, True, chunk)
+
+    cache.reset()
+    for start in range(0, prefix_frames, chunk_frames):
+        piece = prefix[:, :, start : start + chunk_frames].float().cpu()
+        fill_cache(piece, start, -1)
+
+    for chunk in range(num_chunks):
+        offset = prefix_frames + chunk * chunk_frames
+        timesteps = plan.timesteps_for_chunk(chunk)
+        x = _noise((batch, config.in_channels, chunk_frames, latent_height, latent_width), generators)
+        for step, timestep in enumerate(timesteps):
+            x0 = predict(x, timestep, offset, False, chunk)
+            if step + 1 < len(timesteps):
+                x = _renoise(x0, timesteps[step + 1], generators)
+        if chunk + 1 < num_chunks:
+            fill_cache(x0, offset, chunk)
+        if callback is not None:
+            callback(SamplerProgress(calls, total_calls, chunk, num_chunks, finished_chunk=x0))
+        yield x0
+
+
+def generate_latents(model, **kwargs) -> torch.Tensor:
+    """All chunks of `sample_video` concatenated: (B, C, F, H, W)."""
+    return torch.cat(list(sample_video(model, **kwargs)), dim=2)
+
+
+def _noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+    """Noise drawn on the CPU from each sample's own generator: device-independent, batch-independent."""
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+
+
+def _renoise(x0: torch.Tensor, timestep: float, generators: list[torch.Generator]) -> torch.Tensor:
+    sigma = timestep_to_sigma(timestep)
+    return (1 - sigma) * x0 + sigma * _noise(tuple(x0.shape), generators)
+
+
+def _batch_contexts(context: torch.Tensor, negative: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """(B, L, D) conditioning, with the unconditional half appended under CFG (padded to one length)."""
+    parts = [context] if negative is None else [context, negative]
+    for part in parts:
+        if part.ndim != 3 or part.shape[0] not in (1, batch):
+            raise ValueError(
+                f"text conditioning must be (B, L, D) with B = 1 or {batch}, got {tuple(part.shape)}"
+            )
+    length = max(p.shape[1] for p in parts)
+    parts = [F.pad(p, (0, 0, 0, length - p.shape[1])).expand(batch, -1, -1) for p in parts]
+    return torch.cat(parts)
+
+
+def _kv_cache_for(model, batch: int, video_frames: int, latent_height: int, latent_width: int,
+                  max_cache_frames: int | None, sink_frames: int | None) -> KVCache:
+    """Reuse the model's cache when shapes allow (no reallocation between videos), else make one."""
+    rolling = max_cache_frames is not None and max_cache_frames < video_frames
+    capacity = max_cache_frames if rolling else video_frames
+    sink = (model.config.chunk_frames if sink_frames is None else sink_frames) if rolling else 0
+    cache = getattr(model, "_reusable_kv_cache", None)
+    tokens = model.config.tokens_per_frame(latent_height, latent_width)
+    if (
+        cache is None
+        or not cache.matches(batch_size=batch, tokens_per_frame=tokens, dtype=model.dtype, device=model.device)
+        or cache.capacity_frames != capacity
+        or cache.rolling != rolling
+        or cache.sink_frames != sink
+    ):
+        cache = model.new_kv_cache(batch_size=batch, capacity_frames=capacity, latent_height=latent_height,
+                                   latent_width=latent_width, rolling=rolling, sink_frames=sink)
+        model._reusable_kv_cache = cache
+    return cache
