@@ -123,7 +123,7 @@ def sample_video(
     def fill_cache(clean: torch.Tensor, frame_offset: int, chunk: int) -> None:
         x = clean
         if context_noise > 0:
-            x = _renoise(clean, context_noise, generators)
+            x = renoise(clean, context_noise, generators)
         predict(x, context_noise, frame_offset, True, chunk)
 
     cache.reset()
@@ -134,11 +134,11 @@ def sample_video(
     for chunk in range(num_chunks):
         offset = prefix_frames + chunk * chunk_frames
         timesteps = plan.timesteps_for_chunk(chunk)
-        x = _noise((batch, config.in_channels, chunk_frames, latent_height, latent_width), generators)
+        x = draw_noise((batch, config.in_channels, chunk_frames, latent_height, latent_width), generators)
         for step, timestep in enumerate(timesteps):
             x0 = predict(x, timestep, offset, False, chunk)
             if step + 1 < len(timesteps):
-                x = _renoise(x0, timesteps[step + 1], generators)
+                x = renoise(x0, timesteps[step + 1], generators)
         if chunk + 1 < num_chunks:
             fill_cache(x0, offset, chunk)
         if callback is not None:
@@ -151,14 +151,14 @@ def generate_latents(model, **kwargs) -> torch.Tensor:
     return torch.cat(list(sample_video(model, **kwargs)), dim=2)
 
 
-def _noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
+def draw_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
     """Noise drawn on the CPU from each sample's own generator: device-independent, batch-independent."""
     return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
 
 
-def _renoise(x0: torch.Tensor, timestep: float, generators: list[torch.Generator]) -> torch.Tensor:
+def renoise(x0: torch.Tensor, timestep: float, generators: list[torch.Generator]) -> torch.Tensor:
     sigma = timestep_to_sigma(timestep)
-    return (1 - sigma) * x0 + sigma * _noise(tuple(x0.shape), generators)
+    return (1 - sigma) * x0 + sigma * draw_noise(tuple(x0.shape), generators)
 
 
 def _batch_contexts(context: torch.Tensor, negative: torch.Tensor | None, batch: int) -> torch.Tensor:

@@ -33,10 +33,10 @@ import torch
 
 from ..config import CausalWanConfig
 from ..model import CausalWanTransformer
-from ..sampler import _noise, _renoise, sample_video
+from ..sampler import draw_noise, renoise, sample_video
 from ..schedule import parse_plan, timestep_to_sigma
 
-DEFAULTS = dict(layers=4, width=256, heads=2, ffn=1024, text_dim=64, latent="16x16", chunk_frames=3,
+DEFAULTS = dict(layers=4, width=256, heads=2, ffn=1024, text_dim=64, latent="24x24", chunk_frames=3,
                 chunks=7, repeats=3)
 QUICK = dict(layers=2, width=64, heads=2, ffn=128, text_dim=16, latent="16x16", chunk_frames=2,
              chunks=3, repeats=1)
@@ -171,7 +171,7 @@ def recompute_video(model, plan, context, settings: Settings, num_chunks: int) -
     outputs = []
     for chunk in range(num_chunks):
         steps = plan.timesteps_for_chunk(chunk)
-        x = _noise(shape, generators)
+        x = draw_noise(shape, generators)
         for step, t in enumerate(steps):
             frames = torch.cat(history + [x.to(device, dtype)], dim=2)  # (1, C, F, H, W)
             times = torch.zeros(1, frames.shape[2], device=device)  # (1, F): history clean
@@ -180,7 +180,7 @@ def recompute_video(model, plan, context, settings: Settings, num_chunks: int) -
                 flow = model(frames, times, context)[:, :, -f:].float()
             x0 = x - timestep_to_sigma(t) * flow.to(x.device)
             if step + 1 < len(steps):
-                x = _renoise(x0, steps[step + 1], generators)
+                x = renoise(x0, steps[step + 1], generators)
         history.append(x0.to(device, dtype))
         outputs.append(x0)
     return torch.cat(outputs, dim=2)
