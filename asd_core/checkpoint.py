@@ -9,11 +9,8 @@ Nothing is ever unpickled: `.pt` files go through `torch.load(weights_only=True)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +19,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .atomic import save_safetensors
 from .config import CausalWanConfig
 from .layouts import COMFYUI_PREFIX, diffusers_to_wan, to_diffusers
 
@@ -96,18 +94,7 @@ def _write(path, state_dict, config, metadata, extra, *, layout: str) -> Path:
         validate_state_dict(state_dict, config, layout)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    save_safetensors(tensors, path, metadata)
     return path
 
 

@@ -1,0 +1,266 @@
+"""The causal sampler node: validates everything, then runs `asd_core.sample_video` chunk by chunk.
+
+ComfyUI integration lives here and only here: the progress bar ticks per model call and
+shows each finished chunk, Cancel is checked before every model call, and the model is
+moved to ComfyUI's compute device for the run and back to its offload device after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+
+import torch
+
+from . import host
+from .loader import MODEL_TYPE, AsdModel
+from .plan import PLAN_TYPE
+from .preview import ChunkPreviewer
+
+PIXELS_PER_LATENT = 8  # Wan 2.1 VAE: 8x spatial
+FRAMES_PER_LATENT = 4  # Wan 2.1 VAE: 4x temporal, plus the first frame on its own
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def latent_frames_for(frames: int) -> int:
+    return (frames - 1) // FRAMES_PER_LATENT + 1
+
+
+def pixel_frames_for(latent_frames: int) -> int:
+    return FRAMES_PER_LATENT * (latent_frames - 1) + 1
+
+
+def check_request(*, frames: int, width: int, height: int, chunk_frames: int, patch_size, prefix_frames: int,
+                  window_frames: int, max_frames: int) -> tuple[int, int, int]:
+    """(latent frames, latent height, latent width), or a ValueError saying what to change."""
+    if width % 16 or height % 16 or width < 16 or height < 16:
+        raise ValueError(
+            f"width and height must be multiples of 16, got {width}x{height}; "
+            f"try {max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}"
+        )
+    latent_frames = latent_frames_for(frames)
+    if frames < 1 or (frames - 1) % FRAMES_PER_LATENT or latent_frames % chunk_frames:
+        lower = max(chunk_frames, latent_frames // chunk_frames * chunk_frames)
+        choices = sorted({pixel_frames_for(lower), pixel_frames_for(lower + chunk_frames)})
+        raise ValueError(
+            f"{frames} frames do not split into chunks: the VAE packs 1 + 4*k frames into 1 + k latent frames and the "
+            f"model generates {chunk_frames} latent frames per chunk, so frames must be 4*({chunk_frames}*n - 1) + 1; "
+            f"use {' or '.join(map(str, choices))}"
+        )
+    latent_h, latent_w = height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT
+    _, p_h, p_w = patch_size
+    if latent_h % p_h or latent_w % p_w:
+        raise ValueError(f"width and height must be multiples of {PIXELS_PER_LATENT * p_w}x{PIXELS_PER_LATENT * p_h}")
+    if window_frames:
+        if window_frames < 2 * chunk_frames:
+            raise ValueError(
+                f"window_frames={window_frames} is too small: the rolling cache keeps the first chunk and needs room "
+                f"for at least one more, so use >= {2 * chunk_frames} latent frames, or 0 for no rolling window"
+            )
+    if prefix_frames + latent_frames > max_frames:
+        raise ValueError(
+            f"{prefix_frames} prefix + {latent_frames} new latent frames exceed the {max_frames} frame positions this "
+            f"model has (rope_max_seq_len); use at most {pixel_frames_for(max_frames - prefix_frames)} frames"
+        )
+    return latent_frames, latent_h, latent_w
+
+
+@contextmanager
+def chunk_size(model, chunk_frames: int):
+    """Run the model with another chunk size (frame-wise = 1) without touching the loaded config for good."""
+    original = model.config
+    if chunk_frames and chunk_frames != original.chunk_frames:
+        model.config = dataclasses.replace(original, chunk_frames=chunk_frames)
+    try:
+        yield model.config.chunk_frames
+    finally:
+        model.config = original
+
+
+@contextmanager
+def on_compute_device(model):
+    """Move the model to ComfyUI's compute device for the run and back to its offload device after."""
+    device, offload = host.compute_device(), host.offload_device()
+    moved = device != model.device
+    if moved:
+        host.free_memory_for(sum(p.numel() * p.element_size() for p in model.parameters()), device)
+        model.to(device)
+    try:
+        yield device
+    finally:
+        if moved or model.device != offload:
+            model.to(offload)
+            model._reusable_kv_cache = None  # the sampler's cache lives on the compute device: let it go
+            host.soft_empty_cache()
+
+
+def conditioning_tensor(conditioning, text_dim: int, name: str) -> torch.Tensor:
+    """The (1, L, D) text embedding of a ComfyUI CONDITIONING, checked against the model's text width."""
+    from ..asd_core.text import conditioning_from_comfy
+
+    if not isinstance(conditioning, list) or not conditioning:
+        raise ValueError(f"{name} is not a ComfyUI CONDITIONING (a list of [tensor, dict] pairs)")
+    context = conditioning_from_comfy(conditioning)
+    if context.shape[-1] != text_dim:
+        raise ValueError(
+            f"{name} conditioning has width {context.shape[-1]} but this model expects {text_dim}: "
+            + ("use the ASD Text Encode (built-in) node for the built-in default"
+               if text_dim != 4096 else "use CLIPLoader (umt5_xxl, type wan) + CLIPTextEncode for Wan checkpoints")
+        )
+    return context
+
+
+class ASDCausalSampler:
+    DESCRIPTION = (
+        "Generates a video chunk by chunk with a causal (autoregressive) Wan model: each chunk is denoised "
+        "with the plan's steps, then cached so later chunks attend to it. Outputs a standard Wan LATENT "
+        "(raw VAE space) that VAEDecode or ASD Decode turns into frames. A prefix latent continues a video."
+    )
+    CATEGORY = "ASD/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latent [batch, 16, latent frames, height/8, width/8] in raw Wan-VAE space.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "Causal video model from an ASD loader."}),
+                "plan": (PLAN_TYPE, {"tooltip": "Step plan from the ASD Step Scheduler (e.g. 1*, 2*, 4)."}),
+                "positive": ("CONDITIONING", {
+                    "tooltip": "Text conditioning: ASD Text Encode for the built-in default, "
+                               "CLIPTextEncode with umt5 (type wan) for Wan checkpoints.",
+                }),
+                "seed": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_SEED,
+                    "tooltip": "Noise seed; sample i of a batch uses seed + i, so each video depends only on its seed.",
+                }),
+                "frames": ("INT", {
+                    "default": 21, "min": 1, "max": 4097, "step": 4,
+                    "tooltip": "Video length in pixel frames: 1 + 4*k, and the 1 + k latent frames must fill whole "
+                               "chunks (Wan 1.3B chunks of 3: 9, 21, 33, ..., 81).",
+                }),
+                "width": ("INT", {"default": 64, "min": 16, "max": 4096, "step": 16,
+                                  "tooltip": "Width in pixels, a multiple of 16 (Wan: 832)."}),
+                "height": ("INT", {"default": 64, "min": 16, "max": 4096, "step": 16,
+                                   "tooltip": "Height in pixels, a multiple of 16 (Wan: 480)."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos generated at once."}),
+                "chunk_frames": ("INT", {
+                    "default": 0, "min": 0, "max": 64,
+                    "tooltip": "Latent frames per chunk: 0 = what the model was trained with "
+                               "(Self Forcing: 3, chunk-wise); 1 = frame-wise.",
+                }),
+                "context_noise": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                    "tooltip": "Timestep at which each finished chunk is re-noised before it is cached "
+                               "(0 = clean, as Self Forcing samples).",
+                }),
+                "window_frames": ("INT", {
+                    "default": 0, "min": 0, "max": 4096,
+                    "tooltip": "Rolling KV-cache window in latent frames for videos longer than training "
+                               "(keeps the first chunk, drops the oldest others). 0 = cache the whole video.",
+                }),
+                "cfg": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                    "tooltip": "Classifier-free guidance scale, used only with a negative conditioning. "
+                               "Distilled (ASD / Self Forcing) models need none: keep 1.0.",
+                }),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": "Negative text conditioning for cfg > 1 (optional)."}),
+                "prefix": ("LATENT", {
+                    "tooltip": "Latent of a video to continue (VAEEncode / ASD Encode Video Prefix); "
+                               "its frames fill the cache first.",
+                }),
+                "include_prefix": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Put the prefix frames in front of the new ones in the output, so the decoded "
+                               "video is the whole continued clip.",
+                }),
+            },
+        }
+
+    def sample(self, model: AsdModel, plan, positive, seed: int, frames: int, width: int, height: int,
+               batch_size: int, chunk_frames: int, context_noise: float, window_frames: int, cfg: float,
+               negative=None, prefix=None, include_prefix: bool = True):
+        from ..asd_core.sampler import sample_video
+        from ..asd_core.vae import from_raw, to_raw
+
+        if not isinstance(model, AsdModel):
+            raise ValueError("model must come from an ASD loader node")
+        net = model.model
+        if chunk_frames < 0:
+            raise ValueError(f"chunk_frames must be >= 0 (0 = the model's own), got {chunk_frames}")
+        if not 0.0 <= context_noise <= 1000.0:
+            raise ValueError(f"context_noise is a timestep in [0, 1000], got {context_noise}")
+        if not 1 <= batch_size <= 64:
+            raise ValueError(f"batch_size must be in [1, 64], got {batch_size}")
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2^64 - 1], got {seed}")
+
+        with chunk_size(net, chunk_frames) as chunk:
+            prefix_latents = None if prefix is None else self._prefix(prefix, batch_size, width, height, net)
+            prefix_frames = 0 if prefix_latents is None else prefix_latents.shape[2]
+            num_latent, latent_h, latent_w = check_request(
+                frames=frames, width=width, height=height, chunk_frames=chunk, patch_size=net.config.patch_size,
+                prefix_frames=prefix_frames, window_frames=window_frames, max_frames=net.config.rope_max_seq_len,
+            )
+            context = conditioning_tensor(positive, net.config.text_dim, "positive")
+            negative_context = None
+            if negative is not None and cfg != 1.0:
+                negative_context = conditioning_tensor(negative, net.config.text_dim, "negative")
+            normalised_prefix = None if prefix_latents is None else from_raw(prefix_latents)
+
+            seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
+            progress = None
+            previewer = ChunkPreviewer()
+
+            def on_progress(p):
+                nonlocal progress
+                if progress is None:
+                    progress = host.Progress(p.total_calls)
+                preview = previewer.image(p.finished_chunk) if p.finished_chunk is not None else None
+                progress.update(p.call, preview)
+
+            with on_compute_device(net):
+                chunks = list(sample_video(
+                    net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
+                    latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,
+                    context_noise=context_noise, prefix=normalised_prefix,
+                    max_cache_frames=window_frames or None, callback=on_progress,
+                    should_cancel=_cancel_requested,
+                ))
+        latents = torch.cat(chunks, dim=2)  # (B, C, F, H, W), normalised
+        samples = to_raw(latents)
+        if prefix_latents is not None and include_prefix:
+            samples = torch.cat([prefix_latents.to(samples), samples], dim=2)
+        return ({"samples": samples.to(torch.float32).cpu()},)
+
+    @staticmethod
+    def _prefix(prefix, batch_size: int, width: int, height: int, net) -> torch.Tensor:
+        """The prefix LATENT's raw samples, checked against the requested video."""
+        if not isinstance(prefix, dict) or "samples" not in prefix:
+            raise ValueError("prefix must be a LATENT ({'samples': tensor})")
+        samples = prefix["samples"]
+        if samples.ndim != 5:
+            raise ValueError(
+                f"prefix latent must be a video latent [B, 16, T, H/8, W/8], got shape {tuple(samples.shape)}; "
+                "encode the frames with VAEEncode (Wan VAE) or ASD Encode Video Prefix"
+            )
+        expected = (net.config.in_channels, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT)
+        got = (samples.shape[1], samples.shape[3], samples.shape[4])
+        if got != expected:
+            raise ValueError(
+                f"prefix latent has {got[0]} channels and {got[1] * 8}x{got[2] * 8} pixels (HxW) but the video is "
+                f"{height}x{width} with {expected[0]} channels: set width/height to the prefix video's size"
+            )
+        if samples.shape[0] not in (1, batch_size):
+            raise ValueError(f"prefix latent batch {samples.shape[0]} must be 1 or batch_size ({batch_size})")
+        return samples.float().expand(batch_size, -1, -1, -1, -1).contiguous()
+
+
+def _cancel_requested() -> bool:
+    """Raises ComfyUI's InterruptProcessingException when Cancel was pressed; it must propagate as is."""
+    host.check_interrupted()
+    return False

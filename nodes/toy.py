@@ -1,0 +1,139 @@
+"""Nodes for the built-in default model's own text encoder and VAE.
+
+Real Wan checkpoints use ComfyUI's CLIPLoader (umt5, type wan) / CLIPTextEncode /
+VAEEncode / VAEDecode instead; the LATENT these nodes read and write is in the same raw
+space, so either side can be swapped for the other with the matching model.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from .loader import default_pipeline
+from .sampler import FRAMES_PER_LATENT, PIXELS_PER_LATENT
+
+DEFAULT_PROMPT = "a red circle and a blue square"
+
+
+class ASDTextEncode:
+    DESCRIPTION = (
+        "Encodes a prompt with the built-in default model's own small text encoder "
+        "(it knows the names of the shapes and colours it was trained on). For Wan checkpoints use "
+        "CLIPLoader (umt5_xxl, type wan) + CLIPTextEncode instead."
+    )
+    CATEGORY = "ASD/built-in"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+    RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("Text conditioning for the ASD Causal Sampler with the built-in default model.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text": ("STRING", {
+                    "default": DEFAULT_PROMPT, "multiline": True,
+                    "tooltip": "What the video shows, e.g. 'a red circle and a blue square'.",
+                }),
+            }
+        }
+
+    def encode(self, text: str):
+        from ..asd_core.text import conditioning_to_comfy
+
+        pipeline = default_pipeline()
+        with torch.no_grad():
+            context = pipeline.text_encoder.encode([text])  # (1, L, D)
+        return (conditioning_to_comfy(context),)
+
+
+def _images_from_video(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> ComfyUI IMAGE (B*F, H, W, 3) in [0, 1]."""
+    return rearrange((video.float().clamp(-1, 1) + 1) / 2, "b c f h w -> (b f) h w c").cpu()
+
+
+class ASDDecode:
+    DESCRIPTION = (
+        "Decodes a LATENT from the ASD Causal Sampler into frames with the built-in default model's VAE, "
+        "chunk by chunk (streaming, constant memory per chunk). For Wan checkpoints use VAELoader + VAEDecode."
+    )
+    CATEGORY = "ASD/built-in"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Video frames [frames, height, width, 3] in 0..1; a batch of videos is laid out one after another.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"latent": ("LATENT", {"tooltip": "Video latent from the ASD Causal Sampler."})}}
+
+    def decode(self, latent):
+        from ..asd_core.vae import from_raw
+
+        samples = _video_latent(latent, "latent")
+        codec = default_pipeline().codec
+        latents = from_raw(samples)
+        chunk = default_pipeline().model.config.chunk_frames
+        stream = codec.decode_stream()  # chunk by chunk: the VAE's causal cache carries across
+        pieces = [stream.push(latents[:, :, start : start + chunk]) for start in range(0, latents.shape[2], chunk)]
+        stream.close()
+        return (_images_from_video(torch.cat(pieces, dim=2)),)
+
+
+class ASDEncodeVideoPrefix:
+    DESCRIPTION = (
+        "Encodes frames of a video (e.g. Load Video -> Get Video Components) with the built-in default "
+        "model's VAE into a prefix LATENT the ASD Causal Sampler continues. For Wan checkpoints use VAEEncode."
+    )
+    CATEGORY = "ASD/built-in"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("prefix",)
+    OUTPUT_TOOLTIPS = ("Prefix latent [1, 16, T, H/8, W/8] (raw VAE space) for the sampler's prefix input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Frames [N, H, W, 3] in 0..1; height and width multiples of 16."}),
+                "last_frames": ("INT", {
+                    "default": 0, "min": 0, "max": 4097,
+                    "tooltip": "Use only the last this many frames as the prefix (0 = all). The count used is "
+                               "rounded down to 1 + 4*k, what the VAE packs into whole latent frames.",
+                }),
+            }
+        }
+
+    def encode(self, images, last_frames: int):
+        from ..asd_core.vae import to_raw
+
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError("images must be a ComfyUI IMAGE [frames, height, width, 3]")
+        count, height, width, _ = images.shape
+        if height % 16 or width % 16:
+            raise ValueError(
+                f"frames are {width}x{height}; width and height must be multiples of 16: resize or crop first "
+                f"(e.g. to {max(16, width // 16 * 16)}x{max(16, height // 16 * 16)})"
+            )
+        if last_frames < 0:
+            raise ValueError(f"last_frames must be >= 0 (0 = all), got {last_frames}")
+        usable = min(count, last_frames) if last_frames else count
+        usable = (usable - 1) // FRAMES_PER_LATENT * FRAMES_PER_LATENT + 1
+        frames = images[count - usable :]
+        video = rearrange(frames.float() * 2 - 1, "f h w c -> 1 c f h w")
+        codec = default_pipeline().codec
+        with torch.no_grad():
+            latents = codec.encode(video)  # (1, 16, T, H/8, W/8), normalised
+        samples = to_raw(latents).float().cpu()
+        assert samples.shape[3:] == (height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT)
+        return ({"samples": samples},)
+
+
+def _video_latent(latent, name: str) -> torch.Tensor:
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError(f"{name} must be a LATENT ({{'samples': tensor}})")
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ValueError(f"{name} must be a video latent [B, 16, T, H/8, W/8], got shape {tuple(samples.shape)}")
+    return samples

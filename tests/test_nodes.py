@@ -1,0 +1,509 @@
+"""The ComfyUI nodes, run as ComfyUI runs them: the pack imported as a package, functions called
+with widget values; ComfyUI's own hooks (progress bar, interrupt, model management) stood in
+for by recording modules only where a test needs to see the calls."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_executor  # noqa: E402
+
+pack = comfy_executor.load_pack()
+P = pack.__name__
+nodes = sys.modules[f"{P}.nodes"]
+loader_mod = sys.modules[f"{P}.nodes.loader"]
+sampler_mod = sys.modules[f"{P}.nodes.sampler"]
+host = sys.modules[f"{P}.nodes.host"]
+core_config = sys.modules[f"{P}.asd_core.config"]
+core_schedule = sys.modules[f"{P}.asd_core.schedule"]
+core_sampler = sys.modules[f"{P}.asd_core.sampler"]
+
+MAPPINGS = pack.NODE_CLASS_MAPPINGS
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def core(name):
+    """A module of the pack's own asd_core (the one the nodes use), imported on first need."""
+    import importlib
+
+    return importlib.import_module(f"{P}.asd_core.{name}")
+
+
+def run(node: str, **kwargs):
+    """Call a node's FUNCTION like ComfyUI does; returns (result tuple, ui dict)."""
+    cls = MAPPINGS[node]
+    output = getattr(cls(), cls.FUNCTION)(**kwargs)
+    if isinstance(output, dict):
+        return output["result"], output.get("ui", {})
+    return output, {}
+
+
+def defaults(node: str) -> dict:
+    """Widget defaults of a node, as a fresh node in the frontend has them."""
+    values = {}
+    for section in ("required", "optional"):
+        for name, spec in MAPPINGS[node].INPUT_TYPES().get(section, {}).items():
+            kind, options, choices = comfy_executor.spec_type_and_options(spec)
+            if kind == "COMBO":
+                values[name] = options.get("default", choices[0])
+            elif kind in WIDGETS:
+                values[name] = options["default"]
+    return values
+
+
+# --- the pack as ComfyUI sees it ---------------------------------------------------------
+
+
+def test_pack_imports_without_comfyui_modules():
+    """ComfyUI loads the folder's __init__.py as a package; nothing may need comfy/folder_paths at import."""
+    repo = comfy_executor.REPO
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('somepack', {str(repo / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(repo)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['somepack'] = m; spec.loader.exec_module(m)\n"
+        "assert not any(k == 'comfy' or k.startswith('comfy.') or k == 'folder_paths' for k in sys.modules)\n"
+        "print(sorted(m.NODE_CLASS_MAPPINGS))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert "ASDCausalSampler" in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(MAPPINGS))
+def test_node_declarations_are_consistent(name):
+    cls = MAPPINGS[name]
+    assert name in pack.NODE_DISPLAY_NAME_MAPPINGS
+    assert cls.CATEGORY.startswith("ASD/")
+    assert cls.DESCRIPTION.strip()
+    types_ = cls.INPUT_TYPES()
+    assert set(types_) <= {"required", "optional"}
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    function = getattr(cls, cls.FUNCTION)
+    parameters = inspect.signature(function).parameters
+    for section, inputs in types_.items():
+        for input_name, spec in inputs.items():
+            kind, options, choices = comfy_executor.spec_type_and_options(spec)
+            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+            assert input_name in parameters, f"{name}.{cls.FUNCTION} does not take {input_name}"
+            optional_param = parameters[input_name].default is not inspect.Parameter.empty
+            assert optional_param == (section == "optional"), f"{name}.{input_name}: default/section mismatch"
+            if kind in ("INT", "FLOAT"):
+                assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name}"
+            if kind == "COMBO":
+                assert options.get("default", choices[0]) in choices
+    json.dumps(comfy_executor.node_info(name, cls, pack.NODE_DISPLAY_NAME_MAPPINGS))
+
+
+def test_object_info_has_the_shape_comfyui_serves():
+    core_info = comfy_executor.core_object_info()
+    if core_info is None:
+        pytest.skip(f"recorded ComfyUI schema not found at {comfy_executor.CORE_OBJECT_INFO}")
+    ours = comfy_executor.pack_object_info(pack)
+    classic = core_info["VAEDecode"]  # a classic-API core node
+    for name, info in ours.items():
+        assert set(classic) <= set(info), f"{name} lacks {set(classic) - set(info)}"
+        assert info["input_order"]["required"] == list(info["input"]["required"])
+
+
+# --- step scheduler --------------------------------------------------------------------------
+
+
+def test_scheduler_defaults_are_the_papers_1star():
+    (plan, text), ui = run("ASDStepScheduler", **defaults("ASDStepScheduler"))
+    assert plan == core_schedule.parse_plan("1*")
+    assert ui["text"] == [text] and "first chunk 4 step(s)" in text and "later chunks 1 step(s)" in text
+
+
+@pytest.mark.parametrize("steps, first, spec", [(2, 4, "2*"), (4, 4, "4"), (4, 0, "4"), (2, 0, "2")])
+def test_scheduler_numbers(steps, first, spec):
+    (plan, _), _ = run("ASDStepScheduler", steps=steps, first_chunk_steps=first, shift=5.0, spec="")
+    assert plan == core_schedule.parse_plan(spec)
+
+
+def test_scheduler_spec_overrides_and_shift():
+    (plan, _), _ = run("ASDStepScheduler", steps=1, first_chunk_steps=4, shift=3.0, spec="first=1000,500;rest=1000")
+    assert plan == core_schedule.parse_plan("first=1000,500;rest=1000;shift=3")
+    (plan, _), _ = run("ASDStepScheduler", steps=1, first_chunk_steps=4, shift=3.0, spec="")
+    assert plan.first[1] == pytest.approx(1000 * core_schedule.warp_sigma(0.75, 3.0))
+
+
+def test_scheduler_rejects_unknown_spec_with_the_accepted_forms():
+    with pytest.raises(ValueError, match=r"unknown step plan 'fast'.*accepted.*1\*.*Clear 'spec'"):
+        run("ASDStepScheduler", steps=1, first_chunk_steps=4, shift=5.0, spec="fast")
+
+
+# --- model loader -------------------------------------------------------------------------
+
+
+def tiny_weights(config, seed=0):
+    model_cls = core("model").CausalWanTransformer
+    torch.manual_seed(seed)
+    return model_cls(config).state_dict()
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASD_MODELS_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_loader_lists_and_loads_our_checkpoint_and_shows_its_plan(model_dir):
+    config = core_config.tiny_config()
+    weights = tiny_weights(config)
+    core("checkpoint").save_checkpoint(model_dir / "sub" / "tiny.safetensors", weights, config, plan="2*")
+    choices = MAPPINGS["ASDModelLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
+    assert choices == ["(built-in default)", "sub/tiny.safetensors"]
+    (asd_model, info), ui = run("ASDModelLoader", ckpt_name="sub/tiny.safetensors", dtype="auto")
+    assert ui["text"] == [info] and "trained plan: 2*" in info and "sub/tiny.safetensors" in info
+    assert asd_model.model.dtype == torch.float32  # auto on a CPU
+    for key, value in asd_model.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_loader_reads_a_self_forcing_pt_as_released(model_dir):
+    config = core_config.tiny_config(num_attention_heads=1, attention_head_dim=128)
+    weights = tiny_weights(config, seed=3)
+    wan = core("layouts").diffusers_to_wan(weights)
+    torch.save({"generator": {f"model.{k}": v + 1 for k, v in wan.items()},
+                "generator_ema": {f"model.{k}": v for k, v in wan.items()}}, model_dir / "self_forcing_dmd.pt")
+    (asd_model, info), _ = run("ASDModelLoader", ckpt_name="self_forcing_dmd.pt", dtype="bfloat16")
+    assert "file layout: self_forcing" in info and "not recorded" in info
+    state = asd_model.model.state_dict()
+    assert state["proj_out.weight"].dtype == torch.bfloat16
+    assert torch.equal(state["proj_out.weight"], weights["proj_out.weight"].to(torch.bfloat16))  # EMA, not +1
+
+
+def test_loader_bad_files_say_what_is_wrong(model_dir):
+    (model_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        run("ASDModelLoader", ckpt_name="broken.safetensors", dtype="float32")
+    with pytest.raises(ValueError, match=r"not found; put it in one of: .*" + str(model_dir.name)):
+        run("ASDModelLoader", ckpt_name="missing.safetensors", dtype="float32")
+
+
+# --- hub download (offline, through huggingface-hub's real code path) ---------------------
+
+HUB_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import comfy_executor
+pack = comfy_executor.load_pack()
+node = pack.NODE_CLASS_MAPPINGS["ASDHubDownloadLoader"]()
+out = {{}}
+result = node.load(repo_id="someone/tiny-causal", filename="ckpt/tiny.safetensors", revision="main", dtype="float32")
+out["info"] = result["result"][1]
+out["params"] = sum(p.numel() for p in result["result"][0].model.parameters())
+for repo, name in [("someone/tiny-causal", "ckpt/other.safetensors"), ("nobody/unknown-repo", "x.pt")]:
+    try:
+        node.load(repo_id=repo, filename=name, revision="main", dtype="float32")
+        out[name] = "no error"
+    except ValueError as err:
+        out[name] = str(err)
+print(json.dumps(out))
+"""
+
+
+def test_hub_download_uses_the_local_cache_offline(tmp_path):
+    config = core_config.tiny_config()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = tmp_path / "hub" / "models--someone--tiny-causal"
+    snapshot = repo_cache / "snapshots" / commit / "ckpt" / "tiny.safetensors"
+    core("checkpoint").save_checkpoint(snapshot, tiny_weights(config), config, plan="1*")
+    (repo_cache / "refs").mkdir(parents=True)
+    (repo_cache / "refs" / "main").write_text(commit)
+    models = tmp_path / "models"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home"),
+           "ASD_MODELS_DIR": str(models)}
+    script = HUB_SCRIPT.format(tests=str(Path(__file__).resolve().parent))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    placed = models / "someone--tiny-causal" / "ckpt" / "tiny.safetensors"
+    assert placed.is_file() and os.path.samefile(placed, snapshot)  # linked, not copied
+    assert "trained plan: 1*" in result["info"] and str(placed) in result["info"]
+    assert result["params"] == sum(v.numel() for v in tiny_weights(config).values())
+    for name in ("ckpt/other.safetensors", "x.pt"):
+        assert "no connection to the Hub (or HF_HUB_OFFLINE=1)" in result[name], result[name]
+        assert "not in the local Hugging Face cache" in result[name]
+
+
+def test_hub_download_rejects_malformed_names():
+    node = MAPPINGS["ASDHubDownloadLoader"]()
+    with pytest.raises(ValueError, match="owner/name"):
+        node.load(repo_id="no-slash", filename="a.pt", revision="main", dtype="float32")
+    with pytest.raises(ValueError, match="inside the repository"):
+        node.load(repo_id="a/b", filename="../../etc/passwd", revision="main", dtype="float32")
+
+
+# --- causal sampler ---------------------------------------------------------------------------
+
+SIZE = 32  # pixels: 4x4 latents, 2x2 tokens per frame
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = core("model").CausalWanTransformer(core_config.tiny_config(chunk_frames=2)).eval().requires_grad_(False)
+    return loader_mod.AsdModel(model=model, label="tiny")
+
+
+def conditioning(dim=32, length=5, seed=7):
+    return [[torch.randn(1, length, dim, generator=torch.Generator().manual_seed(seed)), {}]]
+
+
+def sampler_args(tiny, **overrides):
+    (plan, _), _ = run("ASDStepScheduler", steps=1, first_chunk_steps=4, shift=5.0, spec="")
+    args = dict(model=tiny, plan=plan, positive=conditioning(), seed=5, frames=13, width=SIZE, height=SIZE,
+                batch_size=1, chunk_frames=0, context_noise=0.0, window_frames=0, cfg=1.0)
+    args.update(overrides)
+    return args
+
+
+def reference(tiny, plan, seeds, num_frames=4, **kwargs):
+    """The core sampler called directly, its output de-normalised as the node promises."""
+    context = core("text").conditioning_from_comfy(conditioning())
+    latents = core_sampler.generate_latents(tiny.model, plan=plan, context=context, num_frames=num_frames,
+                                            latent_height=SIZE // 8, latent_width=SIZE // 8, seeds=seeds, **kwargs)
+    return core("vae").to_raw(latents)
+
+
+def test_sampler_output_is_the_core_samplers_in_raw_wan_space(tiny):
+    args = sampler_args(tiny)
+    (latent,), _ = run("ASDCausalSampler", **args)
+    samples = latent["samples"]
+    assert samples.shape == (1, 16, 4, SIZE // 8, SIZE // 8) and samples.dtype == torch.float32
+    assert torch.equal(samples, reference(tiny, args["plan"], [5]))
+    vae = core("vae")
+    assert torch.allclose(vae.to_raw(vae.from_raw(samples)), samples, atol=1e-5)
+
+
+def test_sampler_batch_uses_one_seed_per_video(tiny):
+    (two,), _ = run("ASDCausalSampler", **sampler_args(tiny, batch_size=2))
+    (second,), _ = run("ASDCausalSampler", **sampler_args(tiny, seed=6))
+    # batched matmuls may round differently from single ones: equal up to float error
+    assert torch.allclose(two["samples"][1:], second["samples"], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(two["samples"][0], two["samples"][1])
+
+
+def test_sampler_chunk_size_override_is_frame_wise_and_temporary(tiny):
+    args = sampler_args(tiny, chunk_frames=1)
+    (latent,), _ = run("ASDCausalSampler", **args)
+    assert tiny.model.config.chunk_frames == 2  # restored
+    import dataclasses
+
+    frame_wise = core("model").CausalWanTransformer(dataclasses.replace(tiny.model.config, chunk_frames=1))
+    frame_wise.load_state_dict(tiny.model.state_dict())
+    frame_wise.eval()
+    expected = reference(loader_mod.AsdModel(frame_wise, "copy"), args["plan"], [5])
+    assert torch.equal(latent["samples"], expected)
+
+
+def test_sampler_continues_a_prefix(tiny):
+    prefix = torch.randn(1, 16, 3, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(1))
+    (latent,), _ = run("ASDCausalSampler", **sampler_args(tiny, prefix={"samples": prefix}))
+    assert latent["samples"].shape[2] == 3 + 4
+    assert torch.equal(latent["samples"][:, :, :3], prefix)
+    expected = reference(tiny, sampler_args(tiny)["plan"], [5], prefix=core("vae").from_raw(prefix))
+    assert torch.equal(latent["samples"][:, :, 3:], expected)
+    (only_new,), _ = run("ASDCausalSampler", **sampler_args(tiny, prefix={"samples": prefix}, include_prefix=False))
+    assert torch.equal(only_new["samples"], expected)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(frames=12), r"12 frames do not split into chunks.*use 5 or 13"),
+    (dict(frames=25), r"25 frames do not split into chunks.*use 21 or 29"),
+    (dict(width=40), r"multiples of 16"),
+    (dict(positive=conditioning(dim=4096)), r"width 4096 but this model expects 32"),
+    (dict(prefix={"samples": torch.zeros(1, 16, 2, 8, 8)}), r"set width/height to the prefix video's size"),
+    (dict(prefix={"samples": torch.zeros(1, 16, 8, 8)}), r"must be a video latent"),
+    (dict(window_frames=3), r"window_frames=3 is too small.*>= 4"),
+    (dict(context_noise=1001.0), r"context_noise is a timestep in \[0, 1000\]"),
+    (dict(frames=4 * 257 + 1), r"exceed the 256 frame positions"),
+])
+def test_sampler_rejects_bad_requests_before_any_model_call(tiny, overrides, message):
+    calls = []
+    handle = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            run("ASDCausalSampler", **sampler_args(tiny, **overrides))
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+class FakeComfy:
+    """Records what the nodes ask of ComfyUI: progress updates, memory calls, interrupt checks."""
+
+    def __init__(self, interrupt_after=None):
+        self.updates, self.totals, self.freed = [], [], []
+        self.emptied = self.checks = 0
+        self.interrupt_after = interrupt_after
+
+        class InterruptProcessingException(Exception):
+            pass
+
+        self.Interrupt = InterruptProcessingException
+        outer = self
+
+        class ProgressBar:
+            def __init__(self, total):
+                outer.totals.append(total)
+
+            def update_absolute(self, value, total=None, preview=None):
+                outer.updates.append((value, total, preview))
+
+        mm = types.ModuleType("comfy.model_management")
+        mm.InterruptProcessingException = InterruptProcessingException
+        mm.get_torch_device = lambda: torch.device("cpu", 0)  # not the model's device: the node must move it
+        mm.unet_offload_device = lambda: torch.device("cpu")
+        mm.free_memory = lambda n, device: outer.freed.append((n, device))
+        mm.soft_empty_cache = self._empty
+        mm.throw_exception_if_processing_interrupted = self._check
+        utils = types.ModuleType("comfy.utils")
+        utils.ProgressBar = ProgressBar
+        package = types.ModuleType("comfy")
+        package.model_management, package.utils = mm, utils
+        self.modules = {"comfy": package, "comfy.model_management": mm, "comfy.utils": utils}
+
+    def _empty(self):
+        self.emptied += 1
+
+    def _check(self):
+        self.checks += 1
+        if self.interrupt_after is not None and self.checks > self.interrupt_after:
+            raise self.Interrupt()
+
+
+@pytest.fixture
+def fake_comfy(monkeypatch):
+    def install(**kwargs):
+        fake = FakeComfy(**kwargs)
+        for name, module in fake.modules.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        return fake
+    return install
+
+
+def test_sampler_progress_ticks_per_model_call_with_a_preview_per_chunk(tiny, fake_comfy):
+    fake = fake_comfy()
+    args = sampler_args(tiny, frames=21)  # 6 latent frames: 3 chunks of 2
+    run("ASDCausalSampler", **args)
+    total = args["plan"].model_calls(3) - 1  # 4 + 1, 1 + 1, 1 (the last chunk is not cached)
+    assert fake.totals == [total] == [8]
+    assert [v for v, t, p in fake.updates if p is None] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert all(t == total for _, t, _ in fake.updates)
+    previews = [(v, p) for v, _, p in fake.updates if p is not None]
+    assert [v for v, _ in previews] == [5, 7, 8]  # after each chunk's cache fill (and the last chunk's step)
+    for _, (fmt, image, max_size) in previews:
+        assert fmt == "JPEG" and max_size == 512 and min(image.size) >= 256
+    assert fake.checks == 8  # Cancel is looked at before every model call
+    params = sum(p.numel() * p.element_size() for p in tiny.model.parameters())
+    assert fake.freed == [(params, torch.device("cpu", 0))] and fake.emptied == 1
+    assert tiny.model._reusable_kv_cache is None  # the device cache was let go
+
+
+def test_cancel_stops_within_one_model_call_and_propagates_comfys_exception(tiny, fake_comfy):
+    fake = fake_comfy(interrupt_after=3)
+    calls = []
+    handle = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(fake.Interrupt):
+            run("ASDCausalSampler", **sampler_args(tiny, frames=21))
+    finally:
+        handle.remove()
+    assert len(calls) == 3 and tiny.model.device == torch.device("cpu") and fake.emptied == 1
+
+
+def test_preview_projects_the_dominant_latent_direction():
+    previewer = sys.modules[f"{P}.nodes.preview"].ChunkPreviewer()
+    gradient = torch.linspace(-3, 3, 16)
+    chunk = 0.01 * torch.randn(1, 16, 2, 8, 16, generator=torch.Generator().manual_seed(0))
+    chunk[0, 5, -1] += gradient  # channel 5 varies along the width, the rest is faint noise
+    rgb = previewer.rgb(chunk)
+    assert rgb.shape == (8, 16, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    first = rgb[..., 0].mean(0)  # the first principal axis is channel 5: its colour follows the gradient
+    corr = torch.corrcoef(torch.stack([first, gradient]))[0, 1]
+    assert abs(corr) > 0.99
+    again = previewer.rgb(chunk * 2)  # the axes and colour range stay fixed after the first chunk
+    assert not torch.allclose(again, rgb)
+
+
+def test_repeated_runs_do_not_grow_memory(tiny):
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter))
+
+    counts = []
+    for _ in range(20):
+        run("ASDCausalSampler", **sampler_args(tiny, frames=5))
+        counts.append(live_tensors())
+    assert counts[-1] <= counts[1], counts
+
+
+# --- built-in default: text encode, decode, prefix encode --------------------------------
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    (asd_model, info), ui = run("ASDModelLoader", ckpt_name="(built-in default)", dtype="auto")
+    return asd_model, info
+
+
+def test_builtin_chain_runs_with_every_nodes_defaults(builtin):
+    asd_model, info = builtin
+    assert "built-in default" in info and "trained plan" in info
+    (cond,), _ = run("ASDTextEncode", **defaults("ASDTextEncode"))
+    assert isinstance(cond, list) and cond[0][0].ndim == 3 and isinstance(cond[0][1], dict)
+    assert cond[0][0].shape[-1] == asd_model.model.config.text_dim
+    (plan, _), _ = run("ASDStepScheduler", **defaults("ASDStepScheduler"))
+    (latent,), _ = run("ASDCausalSampler", model=asd_model, plan=plan, positive=cond, **defaults("ASDCausalSampler"))
+    frames, width, height = (defaults("ASDCausalSampler")[k] for k in ("frames", "width", "height"))
+    assert latent["samples"].shape == (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    (images,), _ = run("ASDDecode", latent=latent)
+    assert images.shape == (frames, height, width, 3) and 0 <= images.min() and images.max() <= 1
+    (prefix,), _ = run("ASDEncodeVideoPrefix", images=images, **defaults("ASDEncodeVideoPrefix"))
+    assert prefix["samples"].shape == latent["samples"].shape
+
+
+def test_text_encode_matches_the_builtin_encoder(builtin):
+    (a,), _ = run("ASDTextEncode", text="a red circle")
+    (b,), _ = run("ASDTextEncode", text="a green triangle and a blue square")
+    pipeline = loader_mod.default_pipeline()
+    assert torch.equal(core("text").conditioning_from_comfy(a), pipeline.text_encoder.encode(["a red circle"]))
+    assert not torch.equal(a[0][0][..., :1, :], b[0][0][..., :1, :]) or a[0][0].shape != b[0][0].shape
+
+
+def test_decode_and_prefix_encode_match_the_codec(builtin):
+    vae = core("vae")
+    codec = loader_mod.default_pipeline().codec
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    (images,), _ = run("ASDDecode", latent={"samples": vae.to_raw(latents)})
+    with torch.no_grad():
+        video = codec.decode(latents)  # (1, 3, 9, 64, 64) in [-1, 1]
+    assert images.shape == (9, 64, 64, 3)
+    assert torch.allclose(images, ((video.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 3, 0), atol=1e-5)
+    (prefix,), _ = run("ASDEncodeVideoPrefix", images=images, last_frames=7)  # 7 -> the last 5 frames
+    with torch.no_grad():
+        expected = vae.to_raw(codec.encode(images[4:].permute(3, 0, 1, 2)[None] * 2 - 1))
+    assert prefix["samples"].shape == (1, 16, 2, 8, 8)
+    assert torch.allclose(prefix["samples"], expected, atol=1e-5)
+
+
+def test_prefix_encode_rejects_sizes_the_vae_cannot_take():
+    with pytest.raises(ValueError, match=r"multiples of 16.*e\.g\. to 48x32"):
+        run("ASDEncodeVideoPrefix", images=torch.zeros(5, 40, 50, 3), last_frames=0)
+    with pytest.raises(ValueError, match=r"IMAGE \[frames, height, width, 3\]"):
+        run("ASDEncodeVideoPrefix", images=torch.zeros(5, 64, 64), last_frames=0)

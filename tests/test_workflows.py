@@ -1,0 +1,164 @@
+"""The sample workflows: converted to the API format by comfy-cli's own converter, checked
+node by node (ours against our classes, ComfyUI's against the schema a real ComfyUI served),
+and our nodes in them executed for real."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_executor  # noqa: E402
+
+pytest.importorskip("comfy_cli.workflow_to_api", reason="comfy-cli is needed for the UI -> API converter "
+                    "(pip install --no-deps comfy-cli pathspec)")
+
+WORKFLOWS = comfy_executor.REPO / "workflows"
+CORE = comfy_executor.core_object_info()
+pytestmark = pytest.mark.skipif(CORE is None, reason=f"recorded ComfyUI schema not found at {comfy_executor.CORE_OBJECT_INFO}")
+
+pack = comfy_executor.load_pack()
+P = pack.__name__
+
+
+def convert(name: str) -> dict:
+    workflow = json.loads((WORKFLOWS / name).read_text())
+    info = {**CORE, **comfy_executor.pack_object_info(pack)}
+    return comfy_executor.ui_to_api(workflow, info)
+
+
+def by_class(prompt: dict, kind: str) -> list[str]:
+    return sorted((i for i, n in prompt.items() if n["class_type"] == kind), key=int)
+
+
+def test_workflow_files_are_what_make_workflows_writes():
+    """The files are generated from the nodes' schemas: a node change without regenerating fails here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS / "make_workflows.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    info = {**CORE, **comfy_executor.pack_object_info(pack)}
+    assert sorted(p.name for p in WORKFLOWS.glob("*.json")) == sorted(maker.WORKFLOWS)
+    for name, build in maker.WORKFLOWS.items():
+        assert json.loads((WORKFLOWS / name).read_text()) == json.loads(json.dumps(build(info))), (
+            f"{name} is stale: run python workflows/make_workflows.py")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.json")))
+def test_workflow_converts_and_every_node_checks(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASD_MODELS_DIR", str(tmp_path))
+    (tmp_path / "self_forcing_dmd.pt").touch()  # listed by the loader; only the Wan workflow names it
+    prompt = convert(name)
+    executor = comfy_executor.Executor(pack, CORE)
+    order = executor.validate(prompt)
+    assert set(order) == set(prompt)  # every node feeds an output
+    assert by_class(prompt, "SaveVideo") and by_class(prompt, "CreateVideo") and by_class(prompt, "ASDCausalSampler")
+    for node_id in by_class(prompt, "SaveVideo"):
+        assert prompt[node_id]["inputs"]["filename_prefix"].startswith("ASD/")
+
+
+def test_t2v_default_runs_our_nodes_for_real():
+    prompt = convert("asd_t2v_default_1star.json")
+    executor = comfy_executor.Executor(pack, CORE)
+    results = executor.run(prompt)
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (decode,) = by_class(prompt, "ASDDecode")
+    (plan,) = by_class(prompt, "ASDStepScheduler")
+    assert results[plan][0].spec == "1*"
+    widgets = prompt[sampler]["inputs"]
+    samples = results[sampler][0]["samples"]
+    assert samples.shape == (1, 16, (widgets["frames"] - 1) // 4 + 1, widgets["height"] // 8, widgets["width"] // 8)
+    images = results[decode][0]
+    assert images.shape == (widgets["frames"], widgets["height"], widgets["width"], 3)
+    (video,) = by_class(prompt, "CreateVideo")
+    assert prompt[video]["inputs"]["images"] == [decode, 0]  # our IMAGE goes into core CreateVideo
+    assert video not in results and by_class(prompt, "SaveVideo")[0] not in results  # core: checked, never imitated
+    (loader,) = by_class(prompt, "ASDModelLoader")
+    assert "trained plan" in executor.ui[loader]["text"][0]
+
+
+def test_compare_workflow_same_seed_three_plans():
+    prompt = convert("asd_compare_1star_2star_4.json")
+    results = comfy_executor.Executor(pack, CORE).run(prompt)
+    samplers = by_class(prompt, "ASDCausalSampler")
+    plans = {results[prompt[s]["inputs"]["plan"][0]][0].spec: results[s][0]["samples"] for s in samplers}
+    assert sorted(plans) == ["1*", "2*", "4"]
+    assert len({prompt[s]["inputs"]["seed"] for s in samplers}) == 1
+    chunk = pack.NODE_CLASS_MAPPINGS["ASDModelLoader"]().load("(built-in default)", "auto")["result"][0].model.config.chunk_frames
+    # The first chunk gets 4 steps under every plan (FFE): identical; later chunks differ by plan.
+    assert torch.equal(plans["1*"][:, :, :chunk], plans["4"][:, :, :chunk])
+    assert torch.equal(plans["2*"][:, :, :chunk], plans["4"][:, :, :chunk])
+    assert not torch.equal(plans["1*"][:, :, chunk:], plans["4"][:, :, chunk:])
+    stitch = by_class(prompt, "ImageStitch")
+    assert len(stitch) == 2
+
+
+def test_wan_workflow_uses_core_text_encoder_and_vae(tmp_path, monkeypatch):
+    """The loader runs for real on a (tiny) Self Forcing .pt; the rest waits on core nodes."""
+    monkeypatch.setenv("ASD_MODELS_DIR", str(tmp_path))
+    core_config = sys.modules[f"{P}.asd_core.config"]
+    import importlib
+
+    model_cls = importlib.import_module(f"{P}.asd_core.model").CausalWanTransformer
+    layouts = importlib.import_module(f"{P}.asd_core.layouts")
+    config = core_config.tiny_config(num_attention_heads=1, attention_head_dim=128, text_dim=4096)
+    weights = {f"model.{k}": v for k, v in layouts.diffusers_to_wan(model_cls(config).state_dict()).items()}
+    torch.save({"generator_ema": weights}, tmp_path / "self_forcing_dmd.pt")
+
+    prompt = convert("asd_wan2.1_1.3b_causal.json")
+    executor = comfy_executor.Executor(pack, CORE)
+    results = executor.run(prompt)
+    (clip,) = by_class(prompt, "CLIPLoader")
+    assert prompt[clip]["inputs"]["type"] == "wan" and "umt5" in prompt[clip]["inputs"]["clip_name"]
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (encode,) = by_class(prompt, "CLIPTextEncode")
+    (decode,) = by_class(prompt, "VAEDecode")
+    assert prompt[sampler]["inputs"]["positive"] == [encode, 0]
+    assert prompt[decode]["inputs"]["samples"] == [sampler, 0]  # our LATENT straight into core VAEDecode
+    widgets = prompt[sampler]["inputs"]
+    assert (widgets["width"], widgets["height"], widgets["frames"]) == (832, 480, 81)
+    (loader,) = by_class(prompt, "ASDModelLoader")
+    assert "file layout: self_forcing" in results[loader][1]
+    assert results[loader][0].model.config.text_dim == 4096
+    assert sampler not in results  # needs CLIPTextEncode's output: checked, not run
+
+
+def test_continue_workflow_feeds_a_loaded_video_into_the_prefix():
+    prompt = convert("asd_continue_video.json")
+    (load,) = by_class(prompt, "LoadVideo")
+    (parts,) = by_class(prompt, "GetVideoComponents")
+    (prefix,) = by_class(prompt, "ASDEncodeVideoPrefix")
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    assert prompt[parts]["inputs"]["video"] == [load, 0]
+    assert prompt[prefix]["inputs"]["images"] == [parts, 0]
+    assert prompt[sampler]["inputs"]["prefix"] == [prefix, 0]
+    results = comfy_executor.Executor(pack, CORE).run(prompt)
+    assert prefix not in results and sampler not in results  # they wait on core LoadVideo
+
+
+def test_executor_refuses_what_comfyui_refuses():
+    prompt = convert("asd_t2v_default_1star.json")
+    executor = comfy_executor.Executor(pack, CORE)
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (text,) = by_class(prompt, "ASDTextEncode")
+    wrong_link = json.loads(json.dumps(prompt))
+    wrong_link[sampler]["inputs"]["plan"] = [text, 0]
+    with pytest.raises(comfy_executor.PromptError, match="expects ASD_PLAN, linked to CONDITIONING"):
+        executor.validate(wrong_link)
+    out_of_range = json.loads(json.dumps(prompt))
+    out_of_range[sampler]["inputs"]["width"] = 8
+    with pytest.raises(comfy_executor.PromptError, match="below the minimum 16"):
+        executor.validate(out_of_range)
+    (save,) = by_class(prompt, "SaveVideo")
+    bad_core = json.loads(json.dumps(prompt))
+    bad_core[save]["inputs"]["format"] = "gif"
+    with pytest.raises(comfy_executor.PromptError, match="not in the options"):
+        executor.validate(bad_core)
+    no_output = {k: v for k, v in prompt.items() if v["class_type"] not in ("SaveVideo", "PreviewAny")}
+    with pytest.raises(comfy_executor.PromptError, match="no output node"):
+        executor.validate(no_output)

@@ -1,0 +1,276 @@
+"""Writes the sample workflows (ComfyUI UI format) from the nodes' own schemas.
+
+Widget values are laid out in each node's input order, as the frontend saves them, so
+the files stay in step with the nodes: run `python workflows/make_workflows.py` after
+changing a node's inputs. ComfyUI core nodes are laid out from the schema a real ComfyUI
+served (`../shared/comfyui/object_info.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import comfy_executor  # noqa: E402
+
+PROMPT = "a red circle and a blue square"
+DEFAULT_FRAMES = 21  # 6 latent frames: 3 chunks of 2 (built-in default), 2 chunks of 3 (Wan)
+SEED = 42
+FPS = 8.0
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+class Graph:
+    """A litegraph (UI-format) workflow built node by node."""
+
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+        self.column = 0
+
+    def add(self, kind: str, widgets: dict | None = None, *, title: str | None = None, column: int | None = None,
+            row: int = 0, size: tuple[int, int] = (320, 180)) -> dict:
+        schema = self.info[kind]
+        widgets = dict(widgets or {})
+        values, inputs = [], []
+        for section in ("required", "optional"):
+            for name in schema["input_order"].get(section, []):
+                spec = schema["input"][section][name]
+                kind_of = comfy_executor.spec_type_and_options(spec)[0]
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if kind_of in WIDGET_KINDS and not options.get("forceInput"):
+                    if name in widgets:
+                        value = widgets.pop(name)
+                    elif "default" in options:
+                        value = options["default"]
+                    else:
+                        raise ValueError(f"{kind}.{name} has no default: give a value")
+                    values.append(value)
+                    if name in ("seed", "noise_seed") or options.get("control_after_generate"):
+                        values.append("fixed")  # the frontend's control_after_generate companion slot
+                else:
+                    inputs.append({"name": name, "type": kind_of, "link": None})
+        if widgets:
+            raise ValueError(f"{kind} has no widgets {sorted(widgets)}")
+        node_id = len(self.nodes) + 1
+        column = self.column if column is None else column
+        node = {
+            "id": node_id,
+            "type": kind,
+            "pos": [40 + 380 * column, 40 + 260 * row],
+            "size": list(size),
+            "flags": {},
+            "order": node_id - 1,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": [
+                {"name": name, "type": out, "links": [], "slot_index": slot}
+                for slot, (name, out) in enumerate(zip(schema["output_name"], schema["output"]))
+            ],
+            "properties": {"Node name for S&R": kind},
+            "widgets_values": values,
+        }
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def note(self, text: str, *, column: int, row: int, size: tuple[int, int] = (420, 260)) -> None:
+        """A MarkdownNote: shown in the frontend, dropped from the API prompt."""
+        node_id = len(self.nodes) + 1
+        self.nodes.append({
+            "id": node_id, "type": "MarkdownNote", "pos": [40 + 380 * column, 40 + 260 * row], "size": list(size),
+            "flags": {}, "order": node_id - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+            "widgets_values": [text], "color": "#432", "bgcolor": "#653",
+        })
+
+    def connect(self, source: dict, output: str, target: dict, input_name: str) -> None:
+        slot = next(i for i, o in enumerate(source["outputs"]) if o["name"] == output)
+        target_slot = next(i for i, o in enumerate(target["inputs"]) if o["name"] == input_name)
+        link_id = len(self.links) + 1
+        kind = source["outputs"][slot]["type"]
+        self.links.append([link_id, source["id"], slot, target["id"], target_slot, kind])
+        source["outputs"][slot]["links"].append(link_id)
+        target["inputs"][target_slot]["link"] = link_id
+
+    def workflow(self, name: str) -> dict:
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-asd/{name}")),
+            "revision": 0,
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "version": 0.4,
+        }
+
+
+def save_video(graph: Graph, images: dict, prefix: str, *, column: int, row: int = 0) -> None:
+    video = graph.add("CreateVideo", {"fps": FPS}, column=column, row=row)
+    graph.connect(images, "IMAGE" if "IMAGE" in [o["name"] for o in images["outputs"]] else "images", video, "images")
+    save = graph.add("SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
+                     column=column + 1, row=row, size=(420, 420))
+    graph.connect(video, "VIDEO", save, "video")
+
+
+def sampler_widgets(**overrides) -> dict:
+    values = {"seed": SEED, "frames": DEFAULT_FRAMES, "width": 64, "height": 64}
+    values.update(overrides)
+    return values
+
+
+def t2v_default(info: dict) -> dict:
+    g = Graph(info)
+    loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=0, row=0)
+    text = g.add("ASDTextEncode", {"text": PROMPT}, column=0, row=1)
+    plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=0, row=2)
+    sampler = g.add("ASDCausalSampler", sampler_widgets(), column=1, row=0, size=(340, 420))
+    g.connect(loader, "model", sampler, "model")
+    g.connect(plan, "plan", sampler, "plan")
+    g.connect(text, "conditioning", sampler, "positive")
+    shown = g.add("PreviewAny", column=1, row=2)
+    g.connect(plan, "description", shown, "source")
+    decode = g.add("ASDDecode", column=2, row=0)
+    g.connect(sampler, "latent", decode, "latent")
+    save_video(g, decode, "ASD/t2v_default_1star", column=3)
+    return g.workflow("t2v_default")
+
+
+def compare_steps(info: dict) -> dict:
+    g = Graph(info)
+    loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=0, row=0)
+    text = g.add("ASDTextEncode", {"text": PROMPT}, column=0, row=1)
+    decoded = []
+    for row, (steps, first, label) in enumerate([(1, 4, "1*"), (2, 4, "2*"), (4, 4, "4 steps")]):
+        plan = g.add("ASDStepScheduler", {"steps": steps, "first_chunk_steps": first}, title=f"Plan {label}",
+                     column=1, row=row)
+        sampler = g.add("ASDCausalSampler", sampler_widgets(), title=f"Sampler {label}", column=2, row=row)
+        g.connect(loader, "model", sampler, "model")
+        g.connect(plan, "plan", sampler, "plan")
+        g.connect(text, "conditioning", sampler, "positive")
+        decode = g.add("ASDDecode", title=f"Decode {label}", column=3, row=row)
+        g.connect(sampler, "latent", decode, "latent")
+        decoded.append(decode)
+    left = g.add("ImageStitch", {"direction": "right", "match_image_size": True, "spacing_width": 4,
+                                 "spacing_color": "white"}, title="1* | 2*", column=4, row=0)
+    g.connect(decoded[0], "images", left, "image1")
+    g.connect(decoded[1], "images", left, "image2")
+    right = g.add("ImageStitch", {"direction": "right", "match_image_size": True, "spacing_width": 4,
+                                  "spacing_color": "white"}, title="1* | 2* | 4", column=4, row=1)
+    g.connect(left, "IMAGE", right, "image1")
+    g.connect(decoded[2], "images", right, "image2")
+    save_video(g, right, "ASD/compare_1star_2star_4", column=5)
+    return g.workflow("compare_steps")
+
+
+WAN_NOTE = """## Wan2.1-T2V-1.3B causal (Self Forcing / ASD weights)
+
+Files this workflow expects (ComfyUI's usual folders):
+
+- **models/asd_models/** (or models/diffusion_models/): the causal transformer, e.g. Self Forcing's
+  `self_forcing_dmd.pt` as released (no repackaging), an ASD `.safetensors`, or ComfyUI's
+  repackaged causal Wan files. Or use *ASD Download Model (Hugging Face)* instead of the loader.
+- **models/text_encoders/**: `umt5_xxl_fp8_e4m3fn_scaled.safetensors` (Load CLIP, type **wan**).
+- **models/vae/**: `wan_2.1_vae.safetensors`.
+
+Self Forcing weights are trained for 4 steps (plan `4`); ASD weights sample at `1*`, `2*` or `4`.
+Size 832x480, 81 frames = 21 latent frames = 7 chunks of 3.
+"""
+
+
+def wan_causal(info: dict) -> dict:
+    g = Graph(info)
+    loader = g.add("ASDModelLoader", {"ckpt_name": "self_forcing_dmd.pt", "dtype": "auto"}, column=0, row=0)
+    clip = g.add("CLIPLoader", {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
+                                "device": "default"}, column=0, row=1)
+    text = g.add("CLIPTextEncode", {"text": "A fox runs through fresh snow in a sunlit pine forest, cinematic"},
+                 column=0, row=2, size=(320, 200))
+    g.connect(clip, "CLIP", text, "clip")
+    plan = g.add("ASDStepScheduler", {"steps": 4, "first_chunk_steps": 4}, column=1, row=2)
+    sampler = g.add("ASDCausalSampler", sampler_widgets(frames=81, width=832, height=480), column=1, row=0,
+                    size=(340, 420))
+    g.connect(loader, "model", sampler, "model")
+    g.connect(plan, "plan", sampler, "plan")
+    g.connect(text, "CONDITIONING", sampler, "positive")
+    info_box = g.add("PreviewAny", column=2, row=2)
+    g.connect(loader, "info", info_box, "source")
+    vae = g.add("VAELoader", {"vae_name": "wan_2.1_vae.safetensors"}, column=2, row=1)
+    decode = g.add("VAEDecode", column=2, row=0)
+    g.connect(sampler, "latent", decode, "samples")
+    g.connect(vae, "VAE", decode, "vae")
+    save_video(g, decode, "ASD/wan_causal", column=3)
+    g.note(WAN_NOTE, column=3, row=2)
+    return g.workflow("wan_causal")
+
+
+CONTINUE_NOTE = """## Continue a video
+
+Put a video in ComfyUI's **input/** folder (or upload it in *Load Video*). Its last frames
+(1 + 4*k of them, 64x64 for the built-in default) are encoded into a prefix; the sampler fills
+its cache with them and generates what comes next. `include_prefix` puts the original frames
+in front of the new ones in the saved video. For Wan checkpoints use VAEEncode (Wan VAE) for
+the prefix and width/height of the input video.
+"""
+
+
+def continue_video(info: dict) -> dict:
+    g = Graph(info)
+    load = g.add("LoadVideo", {"file": "asd_input.mp4"}, column=0, row=0, size=(320, 360))
+    parts = g.add("GetVideoComponents", column=0, row=2)
+    g.connect(load, "VIDEO", parts, "video")
+    prefix = g.add("ASDEncodeVideoPrefix", {"last_frames": 9}, column=1, row=0)
+    g.connect(parts, "images", prefix, "images")
+    loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=1, row=1)
+    text = g.add("ASDTextEncode", {"text": PROMPT}, column=1, row=2)
+    plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=1, row=3)
+    sampler = g.add("ASDCausalSampler", sampler_widgets(frames=13), column=2, row=0, size=(340, 440))
+    g.connect(loader, "model", sampler, "model")
+    g.connect(plan, "plan", sampler, "plan")
+    g.connect(text, "conditioning", sampler, "positive")
+    g.connect(prefix, "prefix", sampler, "prefix")
+    decode = g.add("ASDDecode", column=3, row=0)
+    g.connect(sampler, "latent", decode, "latent")
+    save_video(g, decode, "ASD/continued", column=4)
+    g.note(CONTINUE_NOTE, column=2, row=2)
+    return g.workflow("continue_video")
+
+
+WORKFLOWS = {
+    "asd_t2v_default_1star.json": t2v_default,
+    "asd_compare_1star_2star_4.json": compare_steps,
+    "asd_wan2.1_1.3b_causal.json": wan_causal,
+    "asd_continue_video.json": continue_video,
+}
+
+
+def object_info() -> dict:
+    core = comfy_executor.core_object_info()
+    if core is None:
+        raise SystemExit(f"needs the recorded ComfyUI schema at {comfy_executor.CORE_OBJECT_INFO}")
+    pack = comfy_executor.load_pack()
+    return {**core, **comfy_executor.pack_object_info(pack)}
+
+
+def main() -> None:
+    info = object_info()
+    for name, build in WORKFLOWS.items():
+        text = json.dumps(build(info), indent=2) + "\n"
+        with tempfile.NamedTemporaryFile("w", dir=HERE, suffix=".tmp", delete=False) as handle:
+            handle.write(text)
+        os.replace(handle.name, HERE / name)
+        print(f"wrote workflows/{name}")
+
+
+if __name__ == "__main__":
+    main()
