@@ -1,0 +1,121 @@
+"""The trainer on tiny configs: stages run end to end, resume is exact, bad runs stop clearly."""
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from asd_core.checkpoint import load_model
+from asd_core.config import CausalWanConfig
+from asd_core.model import CausalWanTransformer
+from asd_core.text import ToyTextEncoder
+from asd_core.vae import LatentCodec
+from trainer import loop
+from trainer.cli import main
+from trainer.config import load_config
+from trainer.state import TENSORS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
+QUIET = ["progress=false", "tensorboard=false"]
+TINY_VIDEO = ["latent_height=4", "latent_width=4"]
+TINY_MODEL = ["model.num_layers=1", "model.num_attention_heads=1", "model.attention_head_dim=32",
+              "model.ffn_dim=64", "model.freq_dim=32"]
+
+
+def train(config: str, out_dir: Path, *overrides: str, resume: bool = False) -> int:
+    argv = [str(CONFIGS / "toy" / config), f"out_dir={out_dir}", *QUIET, *overrides]
+    return main(argv + (["--resume"] if resume else []))
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    assert train("vae.yaml", out, "max_steps=2", "batch_size=1", "clip_frames=5", "stats_clips=2", *TINY_VIDEO) == 0
+    return out
+
+
+def teacher_args(vae_run, steps):
+    return [f"vae={vae_run}", f"max_steps={steps}", "batch_size=2", "pool_size=4", "num_frames=3", "ema_start=0",
+            *TINY_VIDEO, *TINY_MODEL]
+
+
+def test_vae_stage_writes_a_loadable_codec_with_measured_statistics(vae_run):
+    codec = LatentCodec.load(vae_run / "model.safetensors")
+    assert len(codec.mean) == 16 and codec.mean != LatentCodec.tiny_random().mean
+    assert codec.decode(torch.zeros(1, 16, 2, 4, 4)).shape == (1, 3, 5, 32, 32)
+    summary = json.loads((vae_run / "run.json").read_text())
+    assert summary["config"]["stage"] == "vae"
+
+
+def test_teacher_stage_exports_model_and_text_encoder(vae_run, tmp_path, capsys):
+    out = tmp_path / "teacher"
+    assert train("teacher.yaml", out, *teacher_args(vae_run, 2)) == 0
+    model = load_model(out / "model.safetensors")
+    assert model.trained_plan == "50" and model.config.num_layers == 1 and model.config.chunk_frames == 3
+    encoder = ToyTextEncoder.load(out / "text_encoder.safetensors")
+    assert encoder.encode(["a red circle"]).shape == (1, 16, model.config.text_dim)
+    printed = capsys.readouterr().out
+    assert "[teacher] done: step 2" in printed and '"stage": "teacher"' in printed
+
+
+def test_resume_is_exact(vae_run, tmp_path):
+    """k steps + resume + k steps gives the same weights, bitwise, as 2k steps in one go."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train("teacher.yaml", straight, *teacher_args(vae_run, 4)) == 0
+    assert train("teacher.yaml", split, *teacher_args(vae_run, 2)) == 0
+    assert train("teacher.yaml", split, *teacher_args(vae_run, 4), resume=True) == 0
+    a = safetensors.torch.load_file(straight / "model.safetensors")
+    b = safetensors.torch.load_file(split / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the whole resumable state too: weights, EMA, text encoder, optimizer moments, RNG
+    step4 = [safetensors.torch.load_file(run / "checkpoints" / "step_00000004" / TENSORS) for run in (straight, split)]
+    assert step4[0].keys() == step4[1].keys() and all(torch.equal(step4[0][k], step4[1][k]) for k in step4[0])
+    step2 = safetensors.torch.load_file(split / "checkpoints" / "step_00000002" / TENSORS)
+    weight = "model/model/blocks.0.attn1.to_q.weight"
+    assert not torch.equal(step2[weight], step4[1][weight])  # training really moved the weights
+
+
+def test_existing_run_needs_resume_and_missing_inputs_are_named(vae_run, tmp_path, capsys):
+    out = tmp_path / "teacher"
+    assert train("teacher.yaml", out, *teacher_args(vae_run, 1)) == 0
+    assert train("teacher.yaml", out, *teacher_args(vae_run, 2)) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert train("teacher.yaml", tmp_path / "t2", *teacher_args(tmp_path / "nowhere", 1)) == 2
+    assert "run that stage first" in capsys.readouterr().err
+
+
+def test_non_finite_losses_skip_updates_then_abort(vae_run, tmp_path, monkeypatch, capsys):
+    from trainer.stages import teacher as teacher_stage
+
+    monkeypatch.setattr(teacher_stage, "flow_matching_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    out = tmp_path / "nan"
+    assert train("teacher.yaml", out, *teacher_args(vae_run, 10), "max_nonfinite=3") == 2
+    err = capsys.readouterr().err
+    assert "update(s) ['teacher'] skipped" in err and "3 consecutive steps had non-finite" in err
+
+
+def test_config_errors_are_clear(tmp_path, capsys):
+    assert main([str(CONFIGS / "toy" / "vae.yaml"), "learning_rate=1"]) == 2
+    assert "unknown config key(s) ['learning_rate']" in capsys.readouterr().err
+    assert main([str(CONFIGS / "toy" / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    odeinit = tmp_path / "ode.yaml"
+    odeinit.write_text("stage: ode_init\nteacher: runs/x\n")
+    assert main([str(odeinit), f"out_dir={tmp_path / 'o'}", *QUIET]) == 2
+    assert "not implemented in this release" in capsys.readouterr().err
+
+
+def test_real_size_config_builds_on_the_meta_device():
+    config = load_config(CONFIGS / "wan2.1-1.3b" / "teacher.yaml")
+    model_config = CausalWanConfig.from_dict({**CausalWanConfig().__dict__, **config.model})
+    with torch.device("meta"):
+        model = CausalWanTransformer(model_config)
+    assert sum(p.numel() for p in model.parameters()) == 1_418_996_800
+    assert model_config.tokens_per_frame(config.latent_height, config.latent_width) == 1560
+
+
+def test_step_seeds_differ_per_rank_and_step():
+    seeds = {loop.step_seed(0, rank, step) for rank in range(4) for step in range(100)}
+    assert len(seeds) == 400

@@ -1,0 +1,53 @@
+"""`asd-train CONFIG.yaml [key=value ...] [--resume]` and `asd-train export RUN_DIR --out FILE`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .loop import FINAL_MODEL, NonFiniteAbort, run_training
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] == "export":
+            return _export(argv[1:])
+        parser = argparse.ArgumentParser(prog="asd-train", description="Train one stage of the ASD pipeline.")
+        parser.add_argument("config", help="stage config, e.g. trainer/configs/toy/teacher.yaml")
+        parser.add_argument("overrides", nargs="*", help="key=value overrides (max_steps=10 out_dir=runs/x seed=1)")
+        parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+        args = parser.parse_args(argv)
+        config = load_config(args.config, args.overrides)
+        summary = run_training(config, resume=args.resume)
+    except (ValueError, FileNotFoundError, NonFiniteAbort) as error:
+        print(f"asd-train: error: {error}", file=sys.stderr)
+        return 2
+    return 0 if summary["stopped_by"] is None else 130
+
+
+def _export(argv: list[str]) -> int:
+    """Copy a finished run's exported model (EMA weights, config + plan in metadata) to --out."""
+    parser = argparse.ArgumentParser(prog="asd-train export")
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", required=True, help="destination .safetensors")
+    args = parser.parse_args(argv)
+    source = Path(args.run_dir) / FINAL_MODEL
+    if not source.is_file():
+        raise ValueError(f"{source} not found: the run has not finished (resume it with --resume)")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out.name!r}")
+    from asd_core.atomic import atomic_path
+
+    with atomic_path(out, suffix=".tmp") as temp:
+        shutil.copyfile(source, temp)
+    print(f"exported {source} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Training configs: one dataclass per stage, read from YAML, overridden by `key=value` words.
+
+A YAML file names its `stage` and sets any field of that stage's dataclass; fields it leaves
+out keep the defaults below. Command-line overrides use the same names (`max_steps=10`,
+`model.num_layers=4`, `out_dir=runs/x`); values are parsed as YAML scalars, so `lr=1e-4`,
+`ffe=true` and `betas=[0.0,0.999]` work. An unknown key is an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from asd_core.config import CausalWanConfig
+
+
+@dataclass
+class RunConfig:
+    """Fields every stage has: where it writes, how long it runs, how it saves and logs."""
+
+    stage: str = ""
+    out_dir: str = "runs/default"  # checkpoints/, tensorboard/, samples/ and the final model go here
+    seed: int = 0
+    max_steps: int = 1000  # optimizer iterations (for distill: critic iterations)
+    batch_size: int = 4  # per process
+    device: str = "auto"  # auto = cuda when available, else cpu
+    precision: str = "fp32"  # fp32 | bf16 (autocast; master weights and optimizer stay fp32)
+    parallel: str = "ddp"  # ddp (replicated weights, averaged gradients) | fsdp (sharded, real size, GPUs)
+    gradient_checkpointing: bool = False  # recompute block activations in backward (real size)
+    grad_clip: float = 10.0  # max global grad norm; 0 = off
+    ema_decay: float = 0.99
+    ema_start: int = 200  # EMA copies the weights until this step, then averages
+    warmup_steps: int = 0  # linear learning-rate warmup
+    save_every: int = 500  # steps between resumable checkpoints (also saved at the end and on SIGTERM)
+    keep_last: int = 3  # resumable checkpoints kept on disk
+    log_every: int = 10  # steps between TensorBoard scalar writes
+    sample_every: int = 0  # steps between sample videos written to samples/ (0 = off)
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run aborts
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar on rank 0
+    # Video size in latent space (the toy domain derives them from its VAE when 0).
+    num_frames: int = 0  # latent frames per clip
+    latent_height: int = 0
+    latent_width: int = 0
+
+
+@dataclass
+class VaeConfig(RunConfig):
+    """Toy stage 0: the tiny Wan VAE on synthetic shape videos."""
+
+    stage: str = "vae"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    kl_weight: float = 1e-6  # small: the latent must stay informative, only loosely Gaussian
+    clip_frames: int = 9  # pixel frames per training clip (4k+1); the causal VAE then runs on any length
+    stats_clips: int = 64  # clips encoded at export to set the latents' per-channel mean/std
+    vae: dict = field(default_factory=dict)  # LatentCodec / AutoencoderKLWan overrides (empty = toy default)
+
+
+@dataclass
+class TeacherConfig(RunConfig):
+    """Flow-matching teacher: bidirectional Wan (chunk_frames >= num_frames) on video latents."""
+
+    stage: str = "teacher"
+    model: dict = field(default_factory=dict)  # CausalWanConfig fields; chunk_frames is raised to num_frames
+    lr: float = 1e-4
+    text_lr: float = 1e-3  # toy text encoder, trained jointly
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    cfg_dropout: float = 0.1  # probability a sample's text is replaced by the unconditional context
+    timestep_shift: float = 3.0  # training sigmas u ~ U(0,1) warped by this shift (more time at high noise)
+    # Data: "synthetic" (toy domain, encoded by `vae` once into a latent pool) or "latents" (shards).
+    data: str = "synthetic"
+    vae: str = ""  # toy: VAE run dir or file (from the vae stage)
+    pool_size: int = 512  # toy: synthetic clips encoded once and cycled through
+    latent_dir: str = ""  # latents: folder of *.safetensors shards with `latents` (N,C,F,H,W) and `context` (N,L,D)
+    uncond_file: str = ""  # latents: safetensors with `context` (1,L,D) for the dropped text ("" = zeros)
+    text_encoder: dict = field(default_factory=dict)  # toy text encoder overrides
+
+
+@dataclass
+class OdeInitConfig(RunConfig):
+    """Regress the causal student onto teacher ODE trajectories (CausVid / Self Forcing init)."""
+
+    stage: str = "ode_init"
+    teacher: str = ""  # teacher run dir or model file
+    init: str = ""  # student initial weights ("" = the teacher's weights)
+    chunk_frames: int = 3  # the student's latent frames per chunk
+    plan: str = "4"  # the student's step plan; trajectories are recorded at its timesteps
+    ode_steps: int = 48  # teacher Euler steps per trajectory (plan timesteps are always included)
+    ode_shift: float = 5.0  # shift of the teacher's step grid
+    cfg_scale: float = 3.0
+    num_trajectories: int = 256  # per process; generated once into out_dir and reused on resume
+    lr: float = 2e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    prompts_file: str = ""  # one prompt per line ("" = toy captions)
+    prompt_embeddings: str = ""  # real size: safetensors with `context` (N,L,D) precomputed (umt5)
+    uncond_file: str = ""
+
+
+@dataclass
+class DistillConfig(RunConfig):
+    """Self Forcing DMD + adversarial self-distillation (ASD); asd_weight 0 = DMD only."""
+
+    stage: str = "distill"
+    teacher: str = ""  # real score (frozen) and critic initialisation
+    init: str = ""  # generator initialisation (the ode_init run)
+    plan: str = "4"  # training steps N: every chunk rolled out with these timesteps
+    ffe_first_plan: str = ""  # FFE-aware rollout: chunk 0 runs this (longer) plan to its end ("" = off)
+    export_plan: str = ""  # plan written into exported checkpoints ("" = plan)
+    cfg_scale: float = 3.0  # real score guidance
+    gen_update_ratio: int = 5  # generator updated every this many critic steps
+    lr_generator: float = 2e-6
+    lr_critic: float = 4e-7
+    lr_discriminator: float = 4e-7
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    weight_decay: float = 0.01
+    dmd_min_t: float = 0.02  # DMD / critic noise level u ~ U(min, max) before the shift warp
+    dmd_max_t: float = 0.98
+    timestep_shift: float = 5.0
+    context_noise: float = 0.0  # timestep of the cache-filling pass (0 = clean)
+    asd_weight: float = 0.0  # alpha; 0 turns ASD off (same code path, D not trained)
+    disc_width: int = 0  # 0 = the critic's width
+    disc_depths: list[int] = field(default_factory=list)  # critic blocks fed to D ([] = 3 spread over depth)
+    disc_queries: int = 4
+    r1_weight: float = 1.0  # approximate R1/R2 on D (finite differences)
+    r1_sigma: float = 0.01
+    prompts_file: str = ""
+    prompt_embeddings: str = ""
+    uncond_file: str = ""
+
+
+STAGES: dict[str, type[RunConfig]] = {
+    "vae": VaeConfig,
+    "teacher": TeacherConfig,
+    "ode_init": OdeInitConfig,
+    "distill": DistillConfig,
+}
+
+_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(CausalWanConfig))
+
+
+def known_keys(cls: type[RunConfig]) -> list[str]:
+    keys = [f.name for f in dataclasses.fields(cls)]
+    if "model" in keys:
+        keys += [f"model.{k}" for k in _MODEL_KEYS]
+    return sorted(keys)
+
+
+def parse_override(word: str) -> tuple[str, object]:
+    if "=" not in word or word.startswith("="):
+        raise ValueError(f"expected key=value, got {word!r} (e.g. max_steps=100 or out_dir=runs/x)")
+    key, text = word.split("=", 1)
+    return key.strip(), yaml.safe_load(text) if text.strip() else ""
+
+
+def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
+    """A stage config from a mapping (the YAML) plus `key=value` overrides; checks every key."""
+    values = dict(values)
+    for key, value in (parse_override(w) for w in overrides):
+        if "." in key:
+            head, sub = key.split(".", 1)
+            values[head] = {**(values.get(head) or {}), sub: value}
+        else:
+            values[key] = value
+    stage = values.get("stage")
+    if stage not in STAGES:
+        raise ValueError(f"config needs `stage:` set to one of {sorted(STAGES)}, got {stage!r}")
+    cls = STAGES[stage]
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} for stage {stage!r}; known keys: {known_keys(cls)}")
+    if "model" in values:
+        bad = sorted(set(values["model"] or {}) - set(_MODEL_KEYS))
+        if bad:
+            raise ValueError(f"unknown model key(s) {bad}; known keys: {[f'model.{k}' for k in _MODEL_KEYS]}")
+    config = cls(**{k: _coerce(names[k], v) for k, v in values.items()})
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} not found; configs live in trainer/configs/<size>/<stage>.yaml")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a YAML mapping of config keys")
+    return build_config(values, overrides)
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _coerce(f: dataclasses.Field, value):
+    """YAML gives ints where floats are meant (`lr: 0`) and vice versa; make types exact."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "str":
+            return "" if value is None else str(value)
+        if kind == "list[float]":
+            return [float(v) for v in value]
+        if kind == "list[int]":
+            return [int(v) for v in value]
+        if kind == "dict":
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {f.name!r} must be of type {kind}, got {value!r}") from None
+    return value
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks with messages that say how to fix them."""
+    positive = ["max_steps", "batch_size", "save_every", "keep_last", "log_every", "max_nonfinite"]
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {config.precision!r}")
+    if config.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be ddp or fsdp, got {config.parallel!r}")
+    if not 0 <= config.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if isinstance(config, TeacherConfig):
+        if not 0 <= config.cfg_dropout < 1:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {config.cfg_dropout}")
+        if config.data not in ("synthetic", "latents"):
+            raise ValueError(f"data must be 'synthetic' (toy domain) or 'latents' (shards), got {config.data!r}")
+        if config.data == "latents" and not config.latent_dir:
+            raise ValueError("data=latents needs latent_dir=FOLDER of .safetensors shards")
+    if isinstance(config, (OdeInitConfig, DistillConfig)) and not config.teacher:
+        raise ValueError(f"stage {config.stage!r} needs teacher=RUN_DIR_OR_FILE (the teacher stage's output)")
+    if isinstance(config, DistillConfig):
+        if not config.init:
+            raise ValueError("stage 'distill' needs init=RUN_DIR_OR_FILE (the ode_init stage's output)")
+        if config.gen_update_ratio < 1:
+            raise ValueError(f"gen_update_ratio must be >= 1, got {config.gen_update_ratio}")
+        if not 0 <= config.dmd_min_t < config.dmd_max_t <= 1:
+            raise ValueError(f"need 0 <= dmd_min_t < dmd_max_t <= 1, got {config.dmd_min_t}, {config.dmd_max_t}")
+        if config.asd_weight < 0:
+            raise ValueError(f"asd_weight (alpha) must be >= 0, got {config.asd_weight}")

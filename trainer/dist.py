@@ -1,0 +1,114 @@
+"""Process group and the few collectives the trainer needs.
+
+One code path for 1 and N processes: without torchrun every collective is the identity.
+Data parallelism is DDP's contract done by hand: identical initial weights (broadcast from
+rank 0), gradients averaged by all-reduce before every optimizer step. Done explicitly rather
+than through the DDP wrapper because the Self Forcing rollout calls the generator several
+times (with and without grad, with a KV cache) before one backward, which DDP's reducer
+does not allow without static-graph assumptions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_runtime(device: str = "auto") -> Runtime:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=torch_device if backend == "nccl" else None)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
+
+
+def shutdown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_module(module: torch.nn.Module, runtime: Runtime) -> None:
+    """Give every rank rank 0's weights (the DDP starting condition)."""
+    if not runtime.distributed:
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(parameters, runtime: Runtime) -> None:
+    """All-reduce-mean the gradients of `parameters` (one flat buffer: one collective per call)."""
+    if not runtime.distributed:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a parameter this rank did not reach: contribute zeros
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= runtime.world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def broadcast_int(value: int, runtime: Runtime) -> int:
+    """Rank 0's value on every rank (e.g. the exit step every rank must use)."""
+    if not runtime.distributed:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=runtime.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def any_rank(flag: bool, runtime: Runtime) -> bool:
+    """True when the flag is set on any rank (stop requests, non-finite losses)."""
+    if not runtime.distributed:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_scalar(value: float, runtime: Runtime) -> float:
+    if not runtime.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(t)
+    return float(t.item()) / runtime.world_size
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()

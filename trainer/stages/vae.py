@@ -1,0 +1,80 @@
+"""Toy stage 0: train the tiny Wan VAE (diffusers' AutoencoderKLWan) on synthetic shape videos.
+
+Loss: L1 + MSE reconstruction of a posterior sample, plus a small KL. At export the latents'
+per-channel mean/std over fresh clips go into the VAE config, so `LatentCodec` normalises
+them to unit scale for the transformer, as the real Wan VAE's statistics do.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+
+from asd_core.toy.domain import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from asd_core.vae import LatentCodec, tiny_vae_config
+
+from .. import dist
+from ..loop import Stage, StepResult, apply_update, step_seed
+from .data import pixel_batch, rank_indices
+
+
+class VaeStage(Stage):
+    name = "vae"
+
+    def __init__(self, config, runtime):
+        super().__init__(config, runtime)
+        torch.manual_seed(config.seed)
+        self.vae = AutoencoderKLWan(**tiny_vae_config(**config.vae)).to(runtime.device)
+        dist.broadcast_module(self.vae, runtime)
+        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.height = config.latent_height * 8 or DEFAULT_HEIGHT
+        self.width = config.latent_width * 8 or DEFAULT_WIDTH
+
+    def modules(self):
+        return {"vae": self.vae}
+
+    def optimizers(self):
+        return {"vae": self.optimizer}
+
+    def schedulers(self):
+        return {"vae": self.scheduler}
+
+    def checkpoint_extra(self):
+        return {"vae_config": tiny_vae_config(**self.config.vae)}
+
+    def train_step(self, step: int) -> StepResult:
+        c, rt = self.config, self.runtime
+        indices = rank_indices(step, c.batch_size, rt.rank, rt.world_size)
+        pixels, _ = pixel_batch(indices, c.clip_frames, self.height, self.width)
+        pixels = pixels.to(rt.device)
+        generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, step))
+        posterior = self.vae.encode(pixels).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(rt.device)
+        latents = posterior.mean + posterior.std * noise
+        recon = self.vae.decode(latents).sample
+        l1, l2 = F.l1_loss(recon, pixels), F.mse_loss(recon, pixels)
+        kl = posterior.kl().mean() / latents[0].numel()
+        loss = l1 + l2 + c.kl_weight * kl
+        applied, norm = apply_update(loss, list(self.vae.parameters()), self.optimizer, rt, c.grad_clip)
+        if applied:
+            self.scheduler.step()
+        logs = {"loss": loss.item(), "l1": l1.item(), "mse": l2.item(), "kl": kl.item(), "grad_norm": norm}
+        return StepResult(logs, [] if applied else ["vae"])
+
+    @torch.no_grad()
+    def export(self, path: Path) -> Path:
+        """The VAE with its latent statistics measured on clips it never trained on."""
+        vae = copy.deepcopy(self.vae).eval()  # the codec freezes what it wraps; keep the trained one trainable
+        pixels, _ = pixel_batch(list(range(10**6, 10**6 + self.config.stats_clips)), self.config.clip_frames,
+                                self.height, self.width)
+        raw = torch.cat([vae.encode(p[None].to(self.runtime.device)).latent_dist.mode() for p in pixels])
+        mean = raw.mean(dim=(0, 2, 3, 4))
+        std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
+        vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+        LatentCodec(vae).save(path)
+        return path
