@@ -234,7 +234,7 @@ def continue_video(info: dict) -> dict:
     loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=1, row=1)
     text = g.add("ASDTextEncode", {"text": PROMPT}, column=1, row=2)
     plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=1, row=3)
-    sampler = g.add("ASDCausalSampler", sampler_widgets(frames=13), column=2, row=0, size=(340, 440))
+    sampler = g.add("ASDCausalSampler", sampler_widgets(frames=9), column=2, row=0, size=(340, 440))
     g.connect(loader, "model", sampler, "model")
     g.connect(plan, "plan", sampler, "plan")
     g.connect(text, "conditioning", sampler, "positive")
