@@ -301,4 +301,5 @@ def load_model(path, *, device="cpu", dtype: torch.dtype = torch.float32, chunk_
         param.requires_grad_(False)
     model.trained_plan = checkpoint.plan
     model.checkpoint_layout = checkpoint.layout
+    model.checkpoint_metadata = dict(checkpoint.metadata)  # e.g. asd.role: teacher or student
     return model.eval()

@@ -29,26 +29,45 @@ UNTRAINED_SEED = 20251102
 
 @dataclass(frozen=True)
 class ToyDomainSizes:
-    """Video sizes of the toy domain: 33 frames of 64x64 -> 9 latent frames of 8x8 = 3 chunks."""
+    """Every size of the toy domain in one place: 33 frames of 64x64 -> 9 latent frames of 8x8 = 3 chunks."""
 
+    # videos
     pixel_frames: int = 33
     height: int = 64
     width: int = 64
+    fps: int = 8
+    # latents (Wan VAE: 4x time, 8x space, 16 channels)
+    latent_channels: int = 16
     latent_frames: int = 9
     latent_height: int = 8
     latent_width: int = 8
-    chunk_frames: int = 3
+    # transformer: 4 layers, 2 heads x 64 = width 128 (about 1.2M parameters)
+    num_layers: int = 4
+    num_heads: int = 2
+    head_dim: int = 64
+    ffn_dim: int = 256
     text_dim: int = 64
-    fps: int = 8
+    freq_dim: int = 64
+    chunk_frames: int = 3
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    # toy text encoder
+    text_length: int = 16
+
+    @property
+    def num_chunks(self) -> int:
+        return self.latent_frames // self.chunk_frames
 
 
 TOY = ToyDomainSizes()
 
 
 def toy_model_config() -> CausalWanConfig:
-    """4 layers, 2 heads x 64 (width 128): a few hundred K parameters, trains on 2 CPU cores."""
-    return CausalWanConfig(num_layers=4, num_attention_heads=2, attention_head_dim=64, ffn_dim=256,
-                           text_dim=TOY.text_dim, freq_dim=64, rope_max_seq_len=256, chunk_frames=TOY.chunk_frames)
+    """The default model's architecture: trains in an hour or two on 2 CPU cores."""
+    return CausalWanConfig(num_layers=TOY.num_layers, num_attention_heads=TOY.num_heads,
+                           attention_head_dim=TOY.head_dim, ffn_dim=TOY.ffn_dim,
+                           in_channels=TOY.latent_channels, out_channels=TOY.latent_channels,
+                           text_dim=TOY.text_dim, freq_dim=TOY.freq_dim, patch_size=TOY.patch_size,
+                           rope_max_seq_len=256, chunk_frames=TOY.chunk_frames)
 
 
 def default_file(name: str) -> Path:
@@ -56,43 +75,52 @@ def default_file(name: str) -> Path:
 
 
 def default_pipeline_files() -> dict[str, Path]:
-    """The shipped default files that exist."""
+    """The shipped default files that exist, by role ("student", "teacher", "vae", "text_encoder")."""
     return {name: default_file(name) for name in DEFAULT_FILES if default_file(name).exists()}
 
 
 @dataclass
 class DefaultPipeline:
-    model: torch.nn.Module
-    text_encoder: torch.nn.Module
+    model: torch.nn.Module  # CausalWanTransformer
+    text_encoder: torch.nn.Module  # text.ToyTextEncoder
     codec: object  # vae.LatentCodec
     trained: bool
-    label: str
+    label: str  # shown with every output: says UNTRAINED when it is
     sizes: ToyDomainSizes = TOY
 
 
 def load_default_pipeline(device="cpu", dtype: torch.dtype = torch.float32, allow_untrained: bool = True,
                           which: str = "student") -> DefaultPipeline:
-    """The built-in default model with its text encoder and VAE (untrained stand-in if not shipped)."""
+    """The built-in default model with its text encoder and VAE (an untrained stand-in if not shipped).
+
+    `which`: "student" (the few-step ASD model) or "teacher" (many-step). Text encoder and
+    VAE stay float32 whatever `dtype` (they are small and run once per video).
+    """
     from .checkpoint import load_model
     from .model import CausalWanTransformer
-    from .text import ToyTextEncoder, ToyTextConfig
+    from .text import ToyTextConfig, ToyTextEncoder
     from .vae import LatentCodec
 
+    if which not in ("student", "teacher"):
+        raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
     files = default_pipeline_files()
     needed = (which, "vae", "text_encoder")
     if all(name in files for name in needed):
         model = load_model(files[which], device=device, dtype=dtype)
         text_encoder = ToyTextEncoder.load(files["text_encoder"], device=device)
         codec = LatentCodec.load(files["vae"], device=device)
-        label = f"built-in default ({which}, trained plan {model.trained_plan})"
-        return DefaultPipeline(model, text_encoder, codec, True, label)
+        plan = f", trained plan {model.trained_plan}" if model.trained_plan else ""
+        return DefaultPipeline(model, text_encoder, codec, True, f"built-in default {which}{plan}")
     if not allow_untrained:
         missing = [DEFAULT_FILES[name] for name in needed if name not in files]
         raise FileNotFoundError(f"the built-in default is not shipped in {WEIGHTS_DIR}: missing {missing}")
 
-    torch.manual_seed(UNTRAINED_SEED)
-    model = CausalWanTransformer(toy_model_config()).eval().requires_grad_(False).to(device, dtype)
-    text_encoder = ToyTextEncoder(ToyTextConfig(width=TOY.text_dim)).eval().requires_grad_(False).to(device)
+    with torch.random.fork_rng(devices=[]):  # fixed weights, and the caller's RNG state is left alone
+        torch.manual_seed(UNTRAINED_SEED)
+        model = CausalWanTransformer(toy_model_config())
+        text_encoder = ToyTextEncoder(ToyTextConfig(width=TOY.text_dim, max_length=TOY.text_length))
+    model = model.eval().requires_grad_(False).to(device, dtype)
+    text_encoder = text_encoder.eval().requires_grad_(False).to(device)
     codec = LatentCodec.tiny_random(seed=UNTRAINED_SEED)
     codec.vae.to(device)
     return DefaultPipeline(model, text_encoder, codec, False, UNTRAINED_LABEL)

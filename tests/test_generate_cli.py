@@ -1,40 +1,212 @@
 """`asd-generate` end to end on the built-in default (untrained stand-in until it ships)."""
 
+import numpy as np
 import pytest
+import torch
 
+from asd_core.checkpoint import save_checkpoint
 from asd_core.cli.generate import main
+from asd_core.config import tiny_config
+from asd_core.defaults import load_default_pipeline, toy_model_config
+from asd_core.model import CausalWanTransformer
 from asd_core.video_io import read_video
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny convolutions here gain nothing from threads, and on a shared 2-core machine OpenMP
+    spin-waiting makes them ~10x slower; restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_generates_a_video_and_prints_one_summary_line(tmp_path, capsys):
-    out = tmp_path / "sub" / "clip.gif"
+    out = tmp_path / "sub" / "clip.gif"  # parent folder does not exist yet
     assert main(["--out", str(out), "--plan", "1*", "--seed", "3"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"wrote {out}: 33 frames 64x64, plan 1*")
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"wrote {out}: 33 frames 64x64, plan 1* (first chunk 4 steps, later 1), ")
+    assert "UNTRAINED" in lines[0]
+    assert "call" in captured.err  # the tqdm bar goes to stderr, never into the summary
     assert read_video(out).shape == (33, 64, 64, 3)
+    assert [p.name for p in out.parent.iterdir()] == ["clip.gif"]  # no temp file left
 
 
-def test_same_seed_same_video_and_steps_flag(tmp_path, capsys):
-    a, b = tmp_path / "a.webp", tmp_path / "b.webp"
-    assert main(["--out", str(a), "--steps", "2", "--seed", "5"]) == 0
-    assert main(["--out", str(b), "--plan", "2", "--seed", "5"]) == 0
-    assert (read_video(a) == read_video(b)).all()
-    assert "plan 2:" in capsys.readouterr().out
+def test_mp4_same_seed_same_video_steps_flag_and_sizes(tmp_path, capsys):
+    a, b, c = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "c.mp4"
+    small = ["--frames", "9", "--width", "32", "--height", "16"]
+    assert main(["--out", str(a), "--steps", "2", "--seed", "5", *small]) == 0
+    assert main(["--out", str(b), "--plan", "2", "--seed", "5", *small]) == 0
+    assert main(["--out", str(c), "--plan", "2", "--seed", "6", *small]) == 0
+    video = read_video(a)
+    assert video.shape == (9, 16, 32, 3)
+    assert (video == read_video(b)).all()
+    assert not (video == read_video(c)).all()
+    out = capsys.readouterr().out
+    assert "9 frames 32x16, plan 2 (2 steps per chunk)" in out
+
+
+def test_plan_defaults_to_the_checkpoints_trained_plan(tmp_path, capsys):
+    model = load_default_pipeline().model
+    path = save_checkpoint(tmp_path / "toy.safetensors", model.state_dict(), toy_model_config(), plan="2")
+    out = tmp_path / "x.gif"
+    assert main(["--checkpoint", str(path), "--out", str(out), "--frames", "9", "--width", "16", "--height", "16"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "plan 2 (2 steps per chunk)" in line and "toy.safetensors" in line
+
+
+def test_checkpoint_with_other_text_width_is_a_clear_error(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = tiny_config(chunk_frames=3)  # text_dim 32: not the toy encoder's 64 (as real Wan's 4096 is not)
+    path = save_checkpoint(tmp_path / "other.safetensors", CausalWanTransformer(config).state_dict(), config)
+    assert main(["--checkpoint", str(path), "--out", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "32-dim text embeddings" in err and "64" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.gif").exists()
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--frames", "18"], "4k+1 frames, e.g. 17 or 21"),
+        (["--frames", "18"], "4k+1 frames, e.g. 17 or 21; with chunks of 3 latent frames use --frames 9 or 21"),
         (["--frames", "17"], "5 latent frames, which do not split into chunks of 3; use --frames 9 or 21"),
-        (["--plan", "turbo"], "unknown step plan"),
+        (["--plan", "turbo"], "turbo"),
+        (["--steps", "0"], "--steps must be >= 1"),
         (["--width", "40"], "multiples of 16"),
         (["--out", "clip.avi"], "accepted extensions"),
         (["--checkpoint", "missing.safetensors"], "missing.safetensors"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_exit_2(tmp_path, capsys, args, message):
     argv = ["--out", str(tmp_path / "x.gif")] + args if "--out" not in args else args
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("asd-generate: error:") and message in err and "Traceback" not in err
+    assert err.startswith("asd-generate: error:") and message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_plan_and_steps_are_mutually_exclusive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--plan", "1*", "--steps", "2"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_written_video_has_real_pixels(tmp_path):
+    """The decoded video is written as real pixels: not one flat colour, values span a range."""
+    out = tmp_path / "v.webp"
+    assert main(["--out", str(out), "--frames", "9", "--width", "16", "--height", "16"]) == 0
+    video = read_video(out)
+    assert video.dtype == np.uint8 and video.shape == (9, 16, 16, 3) and video.std() > 0
+
+
+def test_default_pipeline_untrained_stand_in(tmp_path, monkeypatch):
+    from asd_core import defaults
+
+    sizes = defaults.TOY
+    assert (sizes.pixel_frames - 1) // 4 + 1 == sizes.latent_frames == 9 and sizes.num_chunks == 3
+    assert (sizes.height // 8, sizes.width // 8) == (sizes.latent_height, sizes.latent_width) == (8, 8)
+    config = toy_model_config()
+    assert (config.num_layers, config.width, config.ffn_dim, config.text_dim, config.chunk_frames) == (4, 128, 256, 64, 3)
+
+    monkeypatch.setattr(defaults, "WEIGHTS_DIR", tmp_path)  # nothing shipped there
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = defaults.load_default_pipeline()
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's RNG stream is untouched
+    second = defaults.load_default_pipeline()
+    assert not first.trained and first.label.startswith("UNTRAINED")
+    for a, b in [(first.model, second.model), (first.text_encoder, second.text_encoder), (first.codec.vae, second.codec.vae)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # fixed seed
+    assert first.text_encoder.encode(["a red circle"]).shape[-1] == config.text_dim
+    assert first.codec.latent_channels == config.in_channels
+    with pytest.raises(FileNotFoundError, match="student.safetensors"):
+        defaults.load_default_pipeline(allow_untrained=False)
+
+
+def test_chunks_are_decoded_as_they_finish_and_the_bar_ticks_per_model_call(tmp_path, monkeypatch, capsys):
+    import asd_core.sampler as sampler_module
+    import asd_core.vae as vae_module
+
+    events = []  # generate() imports the sampler and the VAE lazily: spy on their modules
+    real_push, real_sampler = vae_module.StreamingDecoder.push, sampler_module.sample_video
+
+    def push(self, chunk):
+        events.append(("push", chunk.shape[2]))
+        return real_push(self, chunk)
+
+    def sampler(model, **kwargs):
+        outer = kwargs["callback"]
+        kwargs["callback"] = lambda p: events.append(("call" if p.finished_chunk is None else "done", p.chunk)) or outer(p)
+        return real_sampler(model, **kwargs)
+
+    monkeypatch.setattr(vae_module.StreamingDecoder, "push", push)
+    monkeypatch.setattr(sampler_module, "sample_video", sampler)
+    assert main(["--out", str(tmp_path / "x.gif"), "--plan", "1*"]) == 0
+    # 1*: chunk 0 = 4 steps + cache fill, chunk 1 = 1 step + fill, chunk 2 = 1 step; each chunk decoded
+    # right after it finishes, before the next chunk's first model call
+    assert events == [("call", 0)] * 5 + [("done", 0), ("push", 3)] + [("call", 1)] * 2 + [("done", 1), ("push", 3)] \
+        + [("call", 2), ("done", 2), ("push", 3)]
+    assert "0/8 " in capsys.readouterr().err  # the bar opens with the sampler's model-call count as total
+
+
+def test_real_wan_inputs_are_checked_before_loading(tmp_path, capsys):
+    from asd_core.cli.generate import _latent_frames
+
+    assert _latent_frames(81, 3) == 21 and _latent_frames(33, 3) == 9
+    cases = [
+        (["--text-encoder", str(tmp_path)], "needs --vae"),
+        (["--vae", str(tmp_path / "Wan2.1_VAE.pth")], "Wan2.1_VAE.pth"),
+        (["--context-noise", "2000"], "context_noise"),
+    ]
+    for args, message in cases:
+        assert main(["--out", str(tmp_path / "x.gif"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("asd-generate: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_wan_sized_checkpoint_points_to_the_umt5_and_vae_flags(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = tiny_config(text_dim=4096, chunk_frames=3)
+    path = save_checkpoint(tmp_path / "wanlike.safetensors", CausalWanTransformer(config).state_dict(), config)
+    assert main(["--checkpoint", str(path), "--out", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err
+    assert "4096-dim text embeddings" in err and "--text-encoder" in err and "--vae" in err
+
+
+def test_real_wan_branch_end_to_end_with_tiny_umt5_and_vae(tmp_path, capsys):
+    """--checkpoint + --text-encoder + --vae, the real-Wan path, on tiny random stand-ins."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from asd_core.vae import LatentCodec
+
+    torch.manual_seed(0)
+    config = tiny_config(text_dim=32, chunk_frames=3)
+    checkpoint = save_checkpoint(tmp_path / "causal.safetensors", CausalWanTransformer(config).state_dict(), config,
+                                 plan="2*")
+    repo = tmp_path / "Wan2.1-T2V-tiny-Diffusers"  # the Wan diffusers layout: text_encoder/, tokenizer/, vae/
+    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=16, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                       relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"))
+    umt5.save_pretrained(repo / "text_encoder")
+    words = ["<pad>", "</s>", "<unk>", "a", "cat"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(repo / "tokenizer")
+    LatentCodec.tiny_random(seed=1).vae.save_pretrained(repo / "vae")
+
+    out = tmp_path / "wan.webp"
+    argv = ["--checkpoint", str(checkpoint), "--text-encoder", str(repo), "--vae", str(repo), "--prompt", "a cat",
+            "--frames", "9", "--width", "32", "--height", "16", "--out", str(out)]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {out}: 9 frames 32x16, plan 2* (first chunk 4 steps, later 2), ")
+    assert line.endswith("[causal.safetensors]")  # no toy pieces involved, no UNTRAINED note
+    assert read_video(out).shape == (9, 16, 32, 3)

@@ -104,7 +104,7 @@ def test_config_errors_are_clear(tmp_path, capsys):
     odeinit = tmp_path / "ode.yaml"
     odeinit.write_text("stage: ode_init\nteacher: runs/x\n")
     assert main([str(odeinit), f"out_dir={tmp_path / 'o'}", *QUIET]) == 2
-    assert "not implemented in this release" in capsys.readouterr().err
+    assert "run that stage first" in capsys.readouterr().err
 
 
 def test_real_size_config_builds_on_the_meta_device():

@@ -1,4 +1,19 @@
-"""`asd-generate`: a text-to-video run of the causal sampler, written to .mp4 / .webp / .gif."""
+"""`asd-generate`: text to video with a causal few-step model, written to .mp4 / .webp / .gif.
+
+Without --checkpoint it runs the built-in default (the toy shapes domain: 33 frames of 64x64;
+an UNTRAINED random stand-in until the trained weights ship, and the summary line says so).
+
+Real Wan2.1 causal checkpoints (ours, Self Forcing .pt, Wan / ComfyUI / diffusers layouts)
+need the real text encoder and VAE, from local paths (nothing is downloaded):
+
+    asd-generate --checkpoint self_forcing_dmd.pt --text-encoder Wan2.1-T2V-1.3B-Diffusers \\
+        --vae Wan2.1-T2V-1.3B-Diffusers --device cuda --plan "1*" --prompt "..." --out out/wan.mp4
+
+--text-encoder: a umt5-xxl folder with config.json, weights and tokenizer (google/umt5-xxl, or a
+Wan diffusers repo: its text_encoder/ and tokenizer/ are found). --vae: the Wan 2.1 VAE as a
+diffusers folder (or repo with vae/), or the single file Wan2.1_VAE.pth / wan_2.1_vae.safetensors.
+With them the sizes default to Wan's 81 frames of 832x480 at 16 fps.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +25,46 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..defaults import TOY, load_default_pipeline
-from ..sampler import check_video_shape, sample_video
-from ..schedule import parse_plan
-from ..vae import latent_frames_for, pixel_frames_for, pixels_to_video
-from ..video_io import VIDEO_EXTENSIONS, write_video
+from ..defaults import TOY
+from ..schedule import StepPlan, parse_plan
+from ..vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
+from ..video_io import VIDEO_EXTENSIONS
 
 DEFAULT_PROMPT = "a red circle and a blue square"
+WAN_SIZES = {"frames": 81, "width": 832, "height": 480, "fps": 16}
+TOY_SIZES = {"frames": TOY.pixel_frames, "width": TOY.width, "height": TOY.height, "fps": TOY.fps}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="asd-generate", description="Generate a video with a causal few-step model.")
+    p = argparse.ArgumentParser(
+        prog="asd-generate",
+        description="Generate a video with a causal few-step model (default: the built-in toy model).",
+        epilog="Real Wan2.1: --checkpoint FILE --text-encoder UMT5_DIR --vae WAN_VAE (local paths; see the module "
+               "docstring / README).",
+    )
     p.add_argument("--checkpoint", help="model file (ours, Self Forcing .pt, Wan/ComfyUI, diffusers); "
                                         "default: the built-in default model")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"text prompt (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: %(default)r)")
     plan = p.add_mutually_exclusive_group()
-    plan.add_argument("--plan", help="step plan: 4, 2, 1, 1*, 2*, first=...;rest=... (default: the checkpoint's "
-                                     "trained plan, else 1*)")
-    plan.add_argument("--steps", type=int, help="N steps for every chunk (same as --plan N)")
+    plan.add_argument("--plan", help="step plan: 4, 2, 1, 1*, 2*, first=...;rest=... "
+                                     "(default: the checkpoint's trained plan, else 1*)")
+    plan.add_argument("--steps", type=int, help="N steps for every chunk (shorthand for --plan N)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=TOY.pixel_frames, help="pixel frames, 4k+1 (default %(default)s)")
-    p.add_argument("--width", type=int, default=TOY.width, help="pixels, multiple of 16 (default %(default)s)")
-    p.add_argument("--height", type=int, default=TOY.height, help="pixels, multiple of 16 (default %(default)s)")
-    p.add_argument("--fps", type=float, default=TOY.fps)
-    p.add_argument("--context-noise", type=float, default=0.0, help="timestep of the cache-filling pass (0-1000)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="out/asd.mp4", help=f"output file ({', '.join(VIDEO_EXTENSIONS)})")
+    p.add_argument("--frames", type=int, help="pixel frames: 4k+1 that make whole chunks "
+                                              f"(default {TOY.pixel_frames}; {WAN_SIZES['frames']} for real Wan)")
+    p.add_argument("--width", type=int, help=f"pixels, multiple of 16 (default {TOY.width}; 832 for real Wan)")
+    p.add_argument("--height", type=int, help=f"pixels, multiple of 16 (default {TOY.height}; 480 for real Wan)")
+    p.add_argument("--fps", type=float, help=f"frames per second of the file (default {TOY.fps}; 16 for real Wan)")
+    p.add_argument("--context-noise", type=float, default=0.0,
+                   help="timestep (0-1000) at which finished chunks are re-noised for the cache pass (default 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="transformer dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--text-encoder", help="local umt5-xxl folder for real Wan checkpoints")
+    p.add_argument("--vae", help="local Wan 2.1 VAE (diffusers folder or Wan2.1_VAE.pth / .safetensors)")
+    p.add_argument("--out", default="out/asd.mp4", help=f"output file, {' / '.join(VIDEO_EXTENSIONS)} "
+                                                        "(default %(default)s; folders are created)")
     return p
 
 
@@ -43,76 +72,168 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = generate(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"asd-generate: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the exception text holds
+        print(f"asd-generate: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("asd-generate: interrupted, nothing written", file=sys.stderr)
+        return 130
     print(summary)
     return 0
 
 
 def generate(args: argparse.Namespace) -> str:
+    """Load, sample, decode chunk by chunk, write; returns the summary line."""
+    from ..sampler import sample_video
+    from ..vae import pixels_to_video
+    from ..video_io import write_video
+
+    # Cheap checks first: a typo should not cost a model load.
     out = Path(args.out)
     if out.suffix.lower() not in VIDEO_EXTENSIONS:
         raise ValueError(f"--out {out.name!r}: accepted extensions are {', '.join(VIDEO_EXTENSIONS)}")
-    if args.width % 16 or args.height % 16:
-        raise ValueError(f"--width/--height must be multiples of 16, got {args.width}x{args.height}")
-    latent_frames = _latent_frames(args.frames)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if not 0 <= args.context_noise <= 1000:
+        raise ValueError(f"--context-noise: context_noise is a timestep in [0, 1000], got {args.context_noise}")
+    user_plan = parse_plan(args.plan) if args.plan else (parse_plan(str(args.steps)) if args.steps else None)
+    for name in ("checkpoint", "text_encoder", "vae"):
+        value = getattr(args, name)
+        if value and not Path(value).exists():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file or folder")
+    if args.text_encoder and not args.vae:
+        raise ValueError("--text-encoder (umt5 for real Wan) needs --vae too: the Wan 2.1 VAE the model's latents belong to")
+    device, dtype = _device_and_dtype(args.device, args.dtype)
 
-    pipeline = load_default_pipeline(device=args.device)
-    label = pipeline.label
-    model = pipeline.model
-    if args.checkpoint:
-        from ..checkpoint import load_model
+    model, text_encoder, codec, label = _load(args, device, dtype)
+    sizes = WAN_SIZES if args.text_encoder else TOY_SIZES
+    frames = args.frames if args.frames is not None else sizes["frames"]
+    width = args.width if args.width is not None else sizes["width"]
+    height = args.height if args.height is not None else sizes["height"]
+    fps = args.fps if args.fps is not None else sizes["fps"]
+    config = model.config
+    latent_frames = _latent_frames(frames, config.chunk_frames)
+    _, p_h, p_w = config.patch_size
+    if width % (SPATIAL_FACTOR * p_w) or height % (SPATIAL_FACTOR * p_h) or width < 1 or height < 1:
+        raise ValueError(f"--width/--height must be positive multiples of {SPATIAL_FACTOR * p_w}x{SPATIAL_FACTOR * p_h} "
+                         f"(VAE 8x, patch {p_h}x{p_w}), got {width}x{height}")
+    plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
 
-        model = load_model(args.checkpoint, device=args.device)
-        if model.config.text_dim != pipeline.text_encoder.config.width:
-            raise ValueError(
-                f"{args.checkpoint} expects {model.config.text_dim}-dim text embeddings (umt5-xxl for real Wan); "
-                "asd-generate only carries the toy domain's text encoder and VAE. Run real Wan checkpoints in "
-                "ComfyUI (workflows/) or through the Python API with your own umt5 embeddings and Wan VAE"
-            )
-        label = f"{Path(args.checkpoint).name}" + ("" if pipeline.trained else f"; toy VAE/text encoder {label}")
-
-    spec = args.plan if args.plan else (str(args.steps) if args.steps else (model.trained_plan or "1*"))
-    plan = parse_plan(spec)
-    latent_h, latent_w = args.height // 8, args.width // 8
-    chunk = model.config.chunk_frames
-    if latent_frames % chunk:
-        lower = max(chunk, latent_frames // chunk * chunk)
-        raise ValueError(
-            f"--frames {args.frames} gives {latent_frames} latent frames, which do not split into chunks of {chunk}; "
-            f"use --frames {pixel_frames_for(lower)} or {pixel_frames_for(lower + chunk)}"
-        )
-    check_video_shape(latent_frames, model.config.chunk_frames, latent_h, latent_w, model.config.patch_size)
-    context = pipeline.text_encoder.encode([args.prompt]).to(model.dtype)
+    with torch.no_grad():
+        context = text_encoder.encode([args.prompt]).to(device, model.dtype)  # (1, L, text_dim)
 
     start = time.perf_counter()
-    decoder = pipeline.codec.decode_stream()
-    pieces = []
-    with tqdm(total=plan.model_calls(latent_frames // model.config.chunk_frames) - 1, unit="call",
-              desc=f"plan {plan.spec}", leave=False) as bar:
-        def tick(progress):
-            if progress.finished_chunk is None:
-                bar.update(1)
+    pieces, bar = [], None
 
-        for chunk in sample_video(model, plan=plan, context=context, num_frames=latent_frames,
-                                  latent_height=latent_h, latent_width=latent_w, seeds=[args.seed],
-                                  context_noise=args.context_noise, callback=tick):
-            pieces.append(decoder.push(chunk))
-    decoder.close()
-    frames = pixels_to_video(torch.cat(pieces, dim=2))[0]  # (T, H, W, 3) in [0, 1]
-    write_video(out, frames, fps=args.fps)
+    def tick(progress) -> None:
+        nonlocal bar
+        if progress.finished_chunk is None:  # one tick per model call
+            if bar is None:  # opened at the first call: errors before it print no stray bar
+                bar = tqdm(total=progress.total_calls, desc=f"plan {plan.spec}", unit="call", leave=False,
+                           dynamic_ncols=True, file=sys.stderr)
+            bar.update(1)
+
+    try:
+        with codec.decode_stream() as stream:
+            for chunk in sample_video(model, plan=plan, context=context, num_frames=latent_frames,
+                                      latent_height=height // SPATIAL_FACTOR, latent_width=width // SPATIAL_FACTOR,
+                                      seeds=[args.seed], context_noise=args.context_noise, callback=tick):
+                pieces.append(stream.push(chunk).cpu())  # decoded as soon as the chunk is done
+    finally:
+        if bar is not None:
+            bar.close()
+    video = pixels_to_video(torch.cat(pieces, dim=2))[0]  # (T, H, W, 3) in [0, 1]
+    write_video(out, video, fps=fps)
     seconds = time.perf_counter() - start
-    return (f"wrote {out}: {frames.shape[0]} frames {args.width}x{args.height}, plan {plan.describe()}, "
+    return (f"wrote {out}: {video.shape[0]} frames {width}x{height}, plan {describe_plan(plan)}, "
             f"{seconds:.1f} s [{label}]")
 
 
-def _latent_frames(pixel_frames: int) -> int:
+def describe_plan(plan: StepPlan) -> str:
+    """'1* (first chunk 4 steps, later 1)' / '4 (4 steps per chunk)'."""
+    first, rest = len(plan.first), len(plan.rest)
+    if plan.first == plan.rest:
+        return f"{plan.spec} ({rest} step{'s' if rest > 1 else ''} per chunk)"
+    return f"{plan.spec} (first chunk {first} step{'s' if first > 1 else ''}, later {rest})"
+
+
+def _device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return latent_frames_for(pixel_frames)
-    except ValueError:
-        below = max(1, (pixel_frames - 1) // 4 * 4 + 1)
-        raise ValueError(f"--frames {pixel_frames}: the Wan VAE needs 4k+1 frames, e.g. {below} or {below + 4}") from None
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available in this torch build / machine; use --device cpu")
+    if dtype == "auto":
+        return device, torch.float32 if device.type == "cpu" else torch.bfloat16
+    return device, DTYPES[dtype]
+
+
+def _load(args, device: torch.device, dtype: torch.dtype):
+    """(model, text encoder, codec, label): the built-in default, plus whatever the user replaced."""
+    pipeline = None
+    if not (args.checkpoint and args.text_encoder and args.vae):
+        from ..defaults import load_default_pipeline
+
+        pipeline = load_default_pipeline(device=device, dtype=dtype)
+
+    if args.checkpoint:
+        from ..checkpoint import load_model
+
+        model = load_model(args.checkpoint, device=device, dtype=dtype)
+        label = Path(args.checkpoint).name
+    else:
+        model, label = pipeline.model, pipeline.label
+
+    if args.text_encoder:
+        from ..text import UMT5TextEncoder
+
+        text_encoder = UMT5TextEncoder.from_pretrained(args.text_encoder, device=device,
+                                                       dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
+    else:
+        text_encoder = pipeline.text_encoder
+    if args.vae:
+        from ..vae import load_codec
+
+        codec = load_codec(args.vae, device=device)
+    else:
+        codec = pipeline.codec
+    if args.checkpoint and pipeline is not None and not (args.text_encoder or args.vae):
+        label += f", built-in toy text encoder and VAE{'' if pipeline.trained else ' (UNTRAINED)'}"
+
+    text_dim = model.config.text_dim
+    if text_encoder.width != text_dim:
+        hint = ("pass --text-encoder with a local umt5-xxl folder (and --vae with the Wan 2.1 VAE)"
+                if text_dim == 4096 else "use the text encoder the model was trained with")
+        raise ValueError(f"the model takes {text_dim}-dim text embeddings but the text encoder gives "
+                         f"{text_encoder.width}: {hint}")
+    if codec.latent_channels != model.config.in_channels:
+        raise ValueError(f"the model works on {model.config.in_channels}-channel latents but the VAE makes "
+                         f"{codec.latent_channels}: use the Wan 2.1 VAE (16 channels)")
+    return model, text_encoder, codec, label
+
+
+def _latent_frames(pixel_frames: int, chunk_frames: int) -> int:
+    """Latent frames for `pixel_frames`, or an error naming the nearest counts that work."""
+    per_chunk = TEMPORAL_FACTOR * chunk_frames  # pixel frames per chunk; valid counts are m * per_chunk - 3
+
+    def valid(chunks: int) -> int:
+        return chunks * per_chunk - (TEMPORAL_FACTOR - 1)
+
+    chunks = max(0, (pixel_frames + TEMPORAL_FACTOR - 1) // per_chunk)
+    if chunks >= 1 and valid(chunks) == pixel_frames:
+        return (pixel_frames - 1) // TEMPORAL_FACTOR + 1
+    nearest = " or ".join(str(valid(m)) for m in (chunks, chunks + 1) if m >= 1)
+    if pixel_frames < 1 or (pixel_frames - 1) % TEMPORAL_FACTOR:
+        below = max(1, pixel_frames - (pixel_frames - 1) % TEMPORAL_FACTOR)
+        raise ValueError(f"--frames {pixel_frames}: the Wan VAE needs 4k+1 frames, e.g. {below} or "
+                         f"{below + TEMPORAL_FACTOR}; with chunks of {chunk_frames} latent frames use --frames {nearest}")
+    latent = (pixel_frames - 1) // TEMPORAL_FACTOR + 1
+    raise ValueError(f"--frames {pixel_frames}: {pixel_frames} frames make {latent} latent frames, which do not split "
+                     f"into chunks of {chunk_frames}; use --frames {nearest}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Training stages; `build_stage` picks the class for a config's `stage:`.
 
-Built: `vae` (the toy domain's VAE) and `teacher` (flow-matching teacher + toy text encoder).
-`ode_init` and `distill` have configs (trainer/config.py) but no stage class yet: asking for
-them is a clear error, not a silent no-op.
+`vae` (the toy domain's VAE), `teacher` (flow-matching teacher + toy text encoder),
+`ode_init` (student regressed onto teacher ODE trajectories) and `distill` (Self Forcing DMD + ASD).
 """
 
 from __future__ import annotations
@@ -20,7 +19,12 @@ def build_stage(config: RunConfig, runtime: Runtime):
         from .teacher import TeacherStage
 
         return TeacherStage(config, runtime)
-    raise ValueError(
-        f"stage {config.stage!r} is configured but not implemented in this release "
-        "(built: vae, teacher; ode_init and distill are the next milestone)"
-    )
+    if config.stage == "ode_init":
+        from .ode_init import OdeInitStage
+
+        return OdeInitStage(config, runtime)
+    if config.stage == "distill":
+        from .distill import DistillStage
+
+        return DistillStage(config, runtime)
+    raise ValueError(f"unknown stage {config.stage!r}; stages: vae, teacher, ode_init, distill")

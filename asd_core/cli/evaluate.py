@@ -1,0 +1,208 @@
+"""`asd-eval`: score a model of the toy shapes domain against the domain's known ground truth.
+
+    asd-eval                                  # the shipped student at its trained plan
+    asd-eval --plan 1 --num 64 --seed 0 --json
+    asd-eval --model teacher                  # the shipped teacher at its many-step plan, with CFG
+    asd-eval --checkpoint runs/toy/distill/model.safetensors --plan "2*"
+    asd-eval --model real                     # the domain's own videos: the ceiling of every score
+
+Sample i of a run has the caption of video i of the evaluation stream `EVAL_STREAM + seed`
+and its own noise seed, so every row of a comparison sees the same prompts and the same noise.
+Scores come from `asd_core.toy.evaluate` (quality, semantic, total in [0, 1]; `fd` >= 0,
+lower is better); `std_total` is the spread of the per-video total over the N videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..defaults import TOY
+from ..schedule import parse_plan
+
+EVAL_STREAM = 2_000_000  # caption stream of evaluation seed 0; far from training (11) and the FD reference
+NOISE_STRIDE = 1_000_000  # noise seed of sample i at evaluation seed s: s * NOISE_STRIDE + i
+MODELS = ("student", "teacher", "real", "real-vae")
+TEACHER_CFG = 3.0  # the guidance the teacher is sampled with (and the real score of distillation uses)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asd-eval", description="Score videos of a toy-domain model: quality, "
+                                "semantic and total (VBench-like, exact) and a Frechet distance to real videos.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="a model file of the toy domain (default: the shipped student)")
+    which.add_argument("--model", choices=MODELS, default="student",
+                       help="shipped student or teacher; 'real' scores the domain's own videos, 'real-vae' the same "
+                            "after a VAE round trip (default: %(default)s)")
+    p.add_argument("--plan", help="step plan: 1, 1*, 2, 2*, 4, 50, first=...;rest=... "
+                                  "(default: the checkpoint's trained plan)")
+    p.add_argument("--num", type=int, default=64, help="videos to generate and score (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the captions and the noise")
+    p.add_argument("--batch", type=int, default=16, help="videos sampled at once (default %(default)s)")
+    p.add_argument("--cfg-scale", type=float,
+                   help=f"classifier-free guidance (default: {TEACHER_CFG} for a teacher, 1 = off for students)")
+    p.add_argument("--text-encoder", help="toy text encoder file (default: text_encoder.safetensors beside the "
+                                          "checkpoint, else the shipped one)")
+    p.add_argument("--vae", help="toy VAE file (default: the shipped one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"asd-eval: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(format_result(result))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Generate (or take) `args.num` videos and score them; returns the flat result dict."""
+    from ..toy.domain import caption, make_batch, sample_video_spec
+    from ..toy.evaluate import evaluate_videos
+
+    if args.num < 2:
+        raise ValueError(f"--num must be >= 2 (the Frechet distance needs a covariance), got {args.num}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    plan = parse_plan(args.plan) if args.plan else None  # a typo fails before any loading
+    stream = EVAL_STREAM + args.seed
+    frames, height, width = TOY.pixel_frames, TOY.height, TOY.width
+    start = time.perf_counter()
+
+    if not args.checkpoint and args.model in ("real", "real-vae"):
+        videos, captions = make_batch(stream, args.num, frames, height, width)
+        label, plan_spec = "ground-truth videos of the domain", "-"
+        if args.model == "real-vae":
+            videos = _vae_round_trip(videos, _load_codec(args.vae), args.batch)
+            label = "ground-truth videos after the VAE round trip"
+    else:
+        captions = [caption(sample_video_spec(stream, i, frames, height, width)) for i in range(args.num)]
+        model, text_encoder, codec, label, role = _load(args)
+        plan = plan or parse_plan(model.trained_plan or "1*")
+        plan_spec = plan.spec
+        cfg = args.cfg_scale if args.cfg_scale is not None else (TEACHER_CFG if role == "teacher" else 1.0)
+        seeds = [args.seed * NOISE_STRIDE + i for i in range(args.num)]
+        videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg, args.batch)
+        label += f", cfg {cfg:g}"
+
+    result = evaluate_videos(videos, captions)
+    from ..toy.evaluate import score_videos
+
+    result["std_total"] = float(score_videos(videos, captions)["total"].std())
+    result |= {"model": label, "plan": plan_spec, "num": args.num, "seed": args.seed,
+               "seconds": round(time.perf_counter() - start, 2)}
+    return result
+
+
+def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list[int], plan, cfg_scale: float,
+                    batch: int) -> np.ndarray:
+    """Videos (N, T, H, W, 3) uint8 for the captions, sampled `batch` at a time with a progress bar."""
+    from ..sampler import sample_video
+    from ..vae import pixels_to_video
+
+    latent = (TOY.latent_frames, TOY.latent_height, TOY.latent_width)
+    if model.config.chunk_frames > latent[0] or latent[0] % model.config.chunk_frames:
+        raise ValueError(f"the model's chunks of {model.config.chunk_frames} latent frames do not split the "
+                         f"domain's {latent[0]} latent frames: not a model of the toy domain")
+    out = []
+    with torch.no_grad():
+        negative = text_encoder.encode([""]).to(model.dtype) if cfg_scale != 1.0 else None
+        bar = tqdm(total=len(captions), desc=f"plan {plan.spec}", unit="video", file=sys.stderr, leave=False)
+        for lo in range(0, len(captions), batch):
+            texts, batch_seeds = captions[lo:lo + batch], seeds[lo:lo + batch]
+            context = text_encoder.encode(texts).to(model.dtype)
+            chunks = list(sample_video(model, plan=plan, context=context, num_frames=latent[0],
+                                       latent_height=latent[1], latent_width=latent[2], seeds=batch_seeds,
+                                       negative_context=negative, cfg_scale=cfg_scale))
+            pixels = codec.decode(torch.cat(chunks, dim=2).float())
+            out.append(_to_uint8(pixels_to_video(pixels)))
+            bar.update(len(texts))
+        bar.close()
+    return np.concatenate(out)
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    return (video.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _vae_round_trip(videos: np.ndarray, codec, batch: int) -> np.ndarray:
+    from ..vae import pixels_to_video, video_to_pixels
+
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(videos), batch):
+            frames = torch.from_numpy(videos[lo:lo + batch]).float() / 255.0
+            latents = codec.encode(video_to_pixels(frames))
+            out.append(_to_uint8(pixels_to_video(codec.decode(latents))))
+    return np.concatenate(out)
+
+
+def _load_codec(path: str | None):
+    from ..defaults import default_file
+    from ..vae import LatentCodec
+
+    file = Path(path) if path else default_file("vae")
+    if not file.is_file():
+        raise FileNotFoundError(f"{'--vae ' if path else 'the shipped VAE '}{file}: no such file")
+    return LatentCodec.load(file)
+
+
+def _load(args):
+    """(model, text encoder, codec, label, role) for --checkpoint or the shipped --model."""
+    from ..checkpoint import load_model
+    from ..defaults import default_file
+    from ..text import ToyTextEncoder
+
+    if args.checkpoint:
+        file = Path(args.checkpoint)
+        if not file.is_file():
+            raise FileNotFoundError(f"--checkpoint {file}: no such file")
+        beside = file.parent / "text_encoder.safetensors"
+        text_file = Path(args.text_encoder) if args.text_encoder else (beside if beside.is_file()
+                                                                        else default_file("text_encoder"))
+    else:
+        file = default_file(args.model)
+        if not file.is_file():
+            raise FileNotFoundError(f"the shipped {args.model} {file} is missing: pass --checkpoint, or train and "
+                                    "export the default (docs/default_model.md)")
+        text_file = Path(args.text_encoder) if args.text_encoder else default_file("text_encoder")
+    if not text_file.is_file():
+        raise FileNotFoundError(f"text encoder {text_file}: no such file (pass --text-encoder)")
+    model = load_model(file)
+    role = model.checkpoint_metadata.get("asd.role", "student")
+    text_encoder = ToyTextEncoder.load(text_file)
+    if text_encoder.width != model.config.text_dim:
+        raise ValueError(f"{file.name} takes {model.config.text_dim}-dim text but {text_file.name} gives "
+                         f"{text_encoder.width}: pass the text encoder the model was trained with")
+    codec = _load_codec(args.vae)
+    return model, text_encoder, codec, f"{role} {file.name}", role
+
+
+def format_result(result: dict) -> str:
+    head = f"{result['model']}, plan {result['plan']}, {result['num']} videos, seed {result['seed']}"
+    main_keys = ("total", "quality", "semantic", "fd")
+    lines = [head] + [f"  {k:<20} {result[k]:.4f}" for k in main_keys]
+    lines += [f"  {k:<20} {v:.4f}" for k, v in sorted(result.items())
+              if isinstance(v, float) and k not in main_keys and k != "seconds"]
+    lines.append(f"  ({result['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

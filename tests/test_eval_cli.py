@@ -1,0 +1,89 @@
+"""`asd-eval` end to end on small files of the toy domain's sizes (random weights)."""
+
+import json
+
+import pytest
+import torch
+
+from asd_core.checkpoint import save_checkpoint
+from asd_core.cli.evaluate import main
+from asd_core.defaults import TOY, toy_model_config
+from asd_core.model import CausalWanTransformer
+from asd_core.text import ToyTextConfig, ToyTextEncoder
+from asd_core.vae import LatentCodec
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_files(tmp_path_factory):
+    """A random student, teacher-role copy, text encoder beside them and a VAE, at the domain's sizes."""
+    folder = tmp_path_factory.mktemp("toy")
+    torch.manual_seed(0)
+    model = CausalWanTransformer(toy_model_config())
+    student = save_checkpoint(folder / "student.safetensors", model.state_dict(), toy_model_config(), plan="1*")
+    teacher_config = toy_model_config().__class__(**{**toy_model_config().__dict__, "chunk_frames": TOY.latent_frames})
+    teacher = save_checkpoint(folder / "teacher.safetensors", model.state_dict(), teacher_config, plan="2",
+                              extra={"asd.role": "teacher"})
+    ToyTextEncoder(ToyTextConfig(width=TOY.text_dim, max_length=TOY.text_length)).save(folder / "text_encoder.safetensors")
+    vae = folder / "vae.safetensors"
+    LatentCodec.tiny_random(seed=0).save(vae)
+    return {"student": student, "teacher": teacher, "vae": vae}
+
+
+def run_json(capsys, *args) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_real_videos_score_at_the_top(capsys):
+    result = run_json(capsys, "--model", "real", "--num", "6", "--seed", "1")
+    for key in ("quality", "semantic", "total"):
+        assert result[key] == pytest.approx(1.0)
+    assert result["fd"] >= 0
+    assert result["num"] == 6 and result["plan"] == "-"
+
+
+def test_checkpoint_is_scored_reproducibly_and_below_real(toy_files, capsys):
+    args = ["--checkpoint", str(toy_files["student"]), "--vae", str(toy_files["vae"]), "--num", "3", "--batch", "2"]
+    first = run_json(capsys, *args)
+    again = run_json(capsys, *args)
+    for key in ("quality", "semantic", "total", "fd"):
+        assert first[key] == again[key]  # same captions, same noise
+    assert first["plan"] == "1*"  # the checkpoint's trained plan
+    assert 0 <= first["total"] < 0.9  # random weights make no shapes
+    real = run_json(capsys, "--model", "real", "--num", "3")
+    assert first["fd"] > 2 * real["fd"]  # same captions, videos of no shapes: far from the real ones
+    other = run_json(capsys, *args, "--plan", "2")
+    assert other["plan"] == "2" and other["fd"] != first["fd"]
+
+
+def test_teacher_role_gets_guidance_and_its_own_plan(toy_files, capsys):
+    result = run_json(capsys, "--checkpoint", str(toy_files["teacher"]), "--vae", str(toy_files["vae"]),
+                      "--num", "2")
+    assert result["plan"] == "2" and "cfg 3" in result["model"] and result["model"].startswith("teacher")
+
+
+def test_table_output_names_every_main_score(toy_files, capsys):
+    assert main(["--model", "real-vae", "--vae", str(toy_files["vae"]), "--num", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "VAE round trip" in out
+    for key in ("total", "quality", "semantic", "fd", "sharpness"):
+        assert f"  {key}" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plan", "3x"], "step plan"),
+    (["--num", "1"], "--num must be >= 2"),
+    (["--checkpoint", "missing.safetensors"], "no such file"),
+])
+def test_bad_input_is_a_one_line_error(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asd-eval: error:") and message in err

@@ -1,0 +1,179 @@
+"""The student stages on tiny configs: ode_init and distill (DMD and DMD + ASD) from the command line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from asd_core.checkpoint import load_model, read_checkpoint
+from trainer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "trainer" / "configs"
+QUIET = ["progress=false", "tensorboard=false"]
+TINY_VIDEO = ["latent_height=4", "latent_width=4"]
+TINY_MODEL = ["model.num_layers=2", "model.num_attention_heads=1", "model.attention_head_dim=32",
+              "model.ffn_dim=64", "model.freq_dim=32"]
+
+
+def train(config: str, out_dir: Path, *overrides: str, resume: bool = False) -> int:
+    argv = [str(CONFIGS / "toy" / config), f"out_dir={out_dir}", *QUIET, *overrides]
+    return main(argv + (["--resume"] if resume else []))
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    vae = tmp_path_factory.mktemp("vae")
+    assert train("vae.yaml", vae, "max_steps=1", "batch_size=1", "clip_frames=5", "stats_clips=2", *TINY_VIDEO) == 0
+    teacher = tmp_path_factory.mktemp("teacher")
+    assert train("teacher.yaml", teacher, f"vae={vae}", "max_steps=2", "batch_size=2", "pool_size=4", "num_frames=4",
+                 "ema_start=0", *TINY_VIDEO, *TINY_MODEL) == 0
+    return teacher
+
+
+def ode_args(teacher_run, steps):
+    return [f"teacher={teacher_run}", f"max_steps={steps}", "batch_size=2", "num_frames=4", "chunk_frames=2",
+            "num_trajectories=4", "ode_steps=4", "ema_start=0", "plan=2", *TINY_VIDEO]
+
+
+@pytest.fixture(scope="module")
+def ode_run(teacher_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ode")
+    assert train("ode_init.yaml", out, *ode_args(teacher_run, 2)) == 0
+    return out
+
+
+def distill_args(teacher_run, ode_run, steps, *extra):
+    return [f"teacher={teacher_run}", f"init={ode_run}", f"max_steps={steps}", "batch_size=2", "num_frames=4",
+            "plan=2", "export_plan=2", "gen_update_ratio=2", "ema_start=0", "save_every=100", *TINY_VIDEO, *extra]
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def test_ode_init_writes_a_causal_student_with_its_plan(ode_run):
+    model = load_model(ode_run / "model.safetensors")
+    assert model.trained_plan == "2" and model.config.chunk_frames == 2 and model.config.num_layers == 2
+    data = tensors(ode_run / "trajectories_rank0.safetensors")
+    assert data["states"].shape == (4, 2, 16, 4, 4, 4)  # 4 trajectories, 2 recorded timesteps (1000, 833.3)
+    assert data["x0"].shape == (4, 16, 4, 4, 4) and data["context"].shape[0] == 4
+    assert (ode_run / "text_encoder.safetensors").is_file()
+
+
+class ConstantFlow(torch.nn.Module):
+    """A 'teacher' whose flow is a constant per condition: the ODE has a closed-form solution."""
+
+    dtype = torch.float32
+
+    def forward(self, x, t, context):
+        return torch.ones_like(x) * context[:, :1, :1, None, None]  # cond: context value, uncond: 0
+
+
+def test_teacher_trajectory_matches_the_closed_form_solution():
+    from trainer.rollout import teacher_trajectory
+
+    noise = torch.randn(2, 3, 2, 2, 2)
+    context = torch.full((2, 1, 1), 0.5)
+    uncond = torch.zeros(1, 1, 1)
+    record = (1000.0, 937.5, 500.0)
+    recorded, x0 = teacher_trajectory(ConstantFlow(), noise, context, uncond, 3.0, record, 7, 5.0)
+    # guided flow = 0 + 3 * (0.5 - 0) = 1.5; x(sigma) = noise - (1 - sigma) * 1.5 exactly (Euler is exact)
+    for t in record:
+        torch.testing.assert_close(recorded[t], noise - (1 - t / 1000) * 1.5)
+    torch.testing.assert_close(x0, noise - 1.5)
+
+
+@pytest.fixture(scope="module")
+def distill_runs(teacher_run, ode_run, tmp_path_factory):
+    runs = {}
+    for name, extra in (("dmd", ["asd_weight=0"]), ("asd", ["asd_weight=10", "ffe_first_plan=4"])):
+        out = tmp_path_factory.mktemp(name)
+        assert train("distill.yaml", out, *distill_args(teacher_run, ode_run, 4, *extra)) == 0
+        runs[name] = out
+    return runs
+
+
+def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
+    init = tensors(ode_run / "model.safetensors")
+    for name, run in distill_runs.items():
+        student = load_model(run / "model.safetensors")
+        assert student.trained_plan == "2" and student.config.chunk_frames == 2
+        assert read_checkpoint(run / "model.safetensors").metadata["asd.role"] == "student"
+        state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
+        key = "blocks.0.attn1.to_q.weight"
+        assert not torch.equal(state[f"model/generator/{key}"], init[key])  # the generator trained
+        assert not torch.equal(state[f"model/critic/{key}"], state[f"model/generator/{key}"])
+        has_d_moments = any(k.startswith("optim/discriminator/") for k in state)
+        assert has_d_moments == (name == "asd")  # asd_weight=0: D never stepped (DMD only)
+
+
+def test_export_command_writes_the_ema_student(distill_runs, tmp_path, capsys):
+    out = tmp_path / "student.safetensors"
+    assert main(["export", str(distill_runs["asd"]), "--out", str(out)]) == 0
+    exported, final = tensors(out), tensors(distill_runs["asd"] / "model.safetensors")
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+    state = tensors(distill_runs["asd"] / "checkpoints" / "step_00000004" / "tensors.safetensors")
+    assert all(torch.equal(final[k], state[f"model/ema/{k}"]) for k in final)
+    assert main(["export", str(tmp_path), "--out", str(out)]) == 2
+    assert "has not finished" in capsys.readouterr().err
+
+
+def test_distill_resume_is_exact(teacher_run, ode_run, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    extra = ["asd_weight=10", "r1_weight=1"]
+    assert train("distill.yaml", straight, *distill_args(teacher_run, ode_run, 4, *extra)) == 0
+    assert train("distill.yaml", split, *distill_args(teacher_run, ode_run, 2, *extra)) == 0
+    assert train("distill.yaml", split, *distill_args(teacher_run, ode_run, 4, *extra), resume=True) == 0
+    a = tensors(straight / "checkpoints" / "step_00000004" / "tensors.safetensors")
+    b = tensors(split / "checkpoints" / "step_00000004" / "tensors.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_real_size_student_configs_build_on_the_meta_device():
+    from asd_core.config import CausalWanConfig
+    from asd_core.discriminator import ASDDiscriminator
+    from asd_core.model import CausalWanTransformer
+    from trainer.config import load_config
+    from trainer.stages.distill import default_depths
+
+    ode = load_config(CONFIGS / "wan2.1-1.3b" / "ode_init.yaml")
+    distill = load_config(CONFIGS / "wan2.1-1.3b" / "distill.yaml", ["max_steps=7", "seed=3"])
+    assert distill.max_steps == 7 and distill.seed == 3 and distill.asd_weight == 10.0
+    assert (ode.num_frames, ode.chunk_frames, distill.num_frames) == (21, 3, 21)
+    config = CausalWanConfig(chunk_frames=ode.chunk_frames)  # the defaults are Wan2.1-T2V-1.3B
+    with torch.device("meta"):
+        student = CausalWanTransformer(config)
+        d = ASDDiscriminator(config.width, 3, 3)
+    assert sum(p.numel() for p in student.parameters()) == 1_418_996_800
+    assert default_depths(config.num_layers) == [9, 19, 29]
+    assert d.mlp[-1].out_features == 3 and d.heads[0].to_kv.in_features == 1536  # one logit per n, critic width
+    with pytest.raises(ValueError, match="known keys"):
+        load_config(CONFIGS / "wan2.1-1.3b" / "distill.yaml", ["alpha=10"])
+
+
+def test_torchrun_two_ranks_keep_identical_weights_and_exit_steps(teacher_run, ode_run, tmp_path):
+    """2 gloo processes, different data per rank: gradients averaged, rank 0's exit step used by both."""
+    teacher, ode = teacher_run, ode_run
+    out = tmp_path / "distill"
+    config = CONFIGS / "toy" / "distill.yaml"
+    args = [str(config), f"out_dir={out}", "progress=false", "tensorboard=false",
+            *distill_args(teacher, ode, 4, "asd_weight=10", "batch_size=1")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).resolve().parent / "test_trainer_procs.py"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(worker), "ddp", *args], env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [tensors(out / f"rank{r}.safetensors") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    same = [k for k in ranks[0] if k != "drawn"]  # weights, EMA, critic, D and the exit steps used
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in same)
+    assert not torch.equal(ranks[0]["drawn"], ranks[1]["drawn"])  # the ranks' own draws differed...
+    assert torch.equal(ranks[0]["exits"], ranks[0]["drawn"])  # ...and rank 0's was used everywhere
+    init = tensors(ode / "model.safetensors")
+    key = "blocks.0.attn1.to_q.weight"
+    assert not torch.equal(ranks[0][f"generator/{key}"], init[key])

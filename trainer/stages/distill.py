@@ -1,0 +1,236 @@
+"""Stage 3: Self Forcing DMD + adversarial self-distillation (ASD).
+
+Networks: the generator (causal student, from the ode_init run), its EMA, the frozen teacher
+(real score, with CFG), the critic (fake score: the teacher's weights, trained with flow
+matching on generated videos) and the ASD discriminator (a light head on critic features).
+
+One iteration (Self Forcing's schedule): the generator is rolled out chunk by chunk with its
+own KV cache; the exit step index e ~ U{0..N-1} is drawn on rank 0 and broadcast. The
+critic is updated every iteration; the generator every `gen_update_ratio`-th with
+L_DMD + alpha * L_ASD. *(inferred)* ASD's n is the exit step's count, n = e + 1: the
+n-step output (with gradient) is compared against the same rollout taken one step further
+(the (n+1)-step output, no gradient); when e is the last step there is no (n+1)-step output
+and the ASD terms are skipped, so n is uniform over {1..N-1} whenever they run and
+asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised independently
+(own noise, own timesteps) and scored by D on critic features at a few depths; the critic
+backbone gets no gradient from any ASD term. D is trained on the same pairs with the
+relativistic loss plus approximate R1 (on the (n+1)-step branch) and R2 (on the n-step branch).
+FFE-aware training (`ffe_first_plan`): chunk 0 is rolled out with its longer plan to its end.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from asd_core.checkpoint import save_checkpoint
+from asd_core.discriminator import ASDDiscriminator
+from asd_core.losses import (add_noise, approx_gradient_penalty, asd_discriminator_loss, asd_generator_loss,
+                             dmd_loss, flow_matching_loss, x0_from_flow)
+
+from .. import dist
+from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
+from ..rollout import guided_flow, noise_like, self_forcing_rollout
+from .common import PromptSource, load_network, model_config_of, shifted_timesteps, training_plan, video_size
+from .data import rank_indices
+from .teacher import TEXT_ENCODER_FILE
+
+EXIT_SALT = 3  # step_seed salt of the exit-step draw (rank 0's stream, then broadcast)
+
+
+def default_depths(num_layers: int) -> list[int]:
+    """Three critic blocks spread over depth (early, middle, last); fewer for shallower critics."""
+    return sorted({max(0, num_layers // 3 - 1), max(0, 2 * num_layers // 3 - 1), num_layers - 1})
+
+
+class DistillStage(Stage):
+    name = "distill"
+
+    def __init__(self, config, runtime):
+        super().__init__(config, runtime)
+        torch.manual_seed(config.seed)
+        c = config
+        self.frames, self.height, self.width = video_size(c)
+        self.first_steps, self.rest_steps = training_plan(c.plan, c.ffe_first_plan)
+        self.num_steps = len(self.rest_steps)  # N: the training step count of later chunks
+
+        chunk = model_config_of(c.init).chunk_frames
+        if self.frames % chunk:
+            raise ValueError(f"num_frames={self.frames} must be a multiple of the student's chunk_frames={chunk}")
+        self.generator = load_network(c.init, chunk_frames=chunk, device=runtime.device, trainable=True)
+        self.teacher = load_network(c.teacher, chunk_frames=self.frames, device=runtime.device, trainable=False)
+        self.critic = load_network(c.teacher, chunk_frames=self.frames, device=runtime.device, trainable=True)
+        for model in (self.generator, self.critic):
+            model.gradient_checkpointing = c.gradient_checkpointing
+        self.model_config = self.generator.config
+        self.prompts = PromptSource(c, c.teacher, runtime.device)
+
+        layers = self.critic.config.num_layers
+        self.depths = tuple(c.disc_depths or default_depths(layers))
+        if any(not 0 <= d < layers for d in self.depths):
+            raise ValueError(f"disc_depths {list(self.depths)} must index the critic's {layers} blocks")
+        width = self.critic.config.width
+        if c.disc_width and c.disc_width != width:
+            raise ValueError(f"disc_width={c.disc_width} must equal the critic's width {width} (or 0)")
+        heads = next(h for h in (4, 2, 1) if width % h == 0)
+        self.discriminator = ASDDiscriminator(width, len(self.depths), max(1, self.num_steps - 1),
+                                              num_queries=c.disc_queries, heads=heads).to(runtime.device)
+        for module in (self.generator, self.critic, self.discriminator):
+            dist.broadcast_module(module, runtime)
+        self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+        def adamw(module, lr):
+            return torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+
+        self.opt_generator = adamw(self.generator, c.lr_generator)
+        self.opt_critic = adamw(self.critic, c.lr_critic)
+        self.opt_discriminator = adamw(self.discriminator, c.lr_discriminator)
+        self.sched = {name: warmup_scheduler(opt, c.warmup_steps) for name, opt in self.optimizers().items()}
+
+    def modules(self):
+        return {"generator": self.generator, "ema": self.ema, "critic": self.critic,
+                "discriminator": self.discriminator}
+
+    def optimizers(self):
+        return {"generator": self.opt_generator, "critic": self.opt_critic, "discriminator": self.opt_discriminator}
+
+    def schedulers(self):
+        return self.sched
+
+    def export_plan(self) -> str:
+        return self.config.export_plan or self.config.plan
+
+    def checkpoint_extra(self):
+        return {"model_config": self.model_config.to_json(), "plan": self.export_plan()}
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def draw_exit(self, step: int) -> int:
+        """The exit step index for this iteration: rank 0 draws it, every rank uses it."""
+        generator = torch.Generator().manual_seed(step_seed(self.config.seed, 0, step, EXIT_SALT))
+        drawn = int(torch.randint(self.num_steps, (1,), generator=generator))
+        return dist.broadcast_int(drawn, self.runtime)
+
+    def noised(self, x: torch.Tensor, generator: torch.Generator):
+        """(x_t, timesteps (B,), sigma (B,), noise): x noised at a fresh shifted timestep per sample."""
+        c = self.config
+        t = shifted_timesteps(x.shape[0], generator, c.dmd_min_t, c.dmd_max_t, c.timestep_shift).to(x.device)
+        noise = noise_like(x.shape, generator, x.device)
+        sigma = t / 1000.0
+        return add_noise(x, noise, sigma), t, sigma, noise
+
+    def critic_features(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
+        _, features = self.critic(x_t, t, context, return_features=self.depths)
+        return features
+
+    def d_logit(self, x_t, t, context, n) -> torch.Tensor:
+        return self.discriminator(self.critic_features(x_t, t, context), n)
+
+    # -- one iteration ----------------------------------------------------------------------
+
+    def train_step(self, step: int) -> StepResult:
+        c, rt = self.config, self.runtime
+        generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, step))
+        indices = rank_indices(step, c.batch_size, rt.rank, rt.world_size)
+        context = self.prompts.contexts(indices)
+        channels = self.generator.config.in_channels
+        noise = noise_like((len(indices), channels, self.frames, self.height, self.width), generator, rt.device)
+
+        exit_rest = self.draw_exit(step)
+        exit_first = len(self.first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(self.first_steps) - 1)
+        n = exit_rest + 1
+        use_asd = c.asd_weight > 0 and n <= self.num_steps - 1
+        train_generator = step % c.gen_update_ratio == 0
+        logs: dict[str, float] = {"exit_step": float(exit_rest), "asd_n": float(n if use_asd else 0)}
+        skipped: list[str] = []
+
+        rollout = self_forcing_rollout(
+            self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
+            exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=train_generator,
+            one_more_step=use_asd, context_noise=c.context_noise)
+        video = rollout.video  # (B, C, F, H, W), n-step output (grad on generator iterations)
+
+        if train_generator:
+            self.critic.requires_grad_(False)
+            self.discriminator.requires_grad_(False)
+            with torch.no_grad():
+                x_t, t, sigma, _ = self.noised(video.detach(), generator)
+                real = x0_from_flow(x_t, guided_flow(self.teacher, x_t, t, context, self.prompts.uncond, c.cfg_scale), sigma)
+                fake = x0_from_flow(x_t, self.critic(x_t, t, context).float(), sigma)
+            loss, dmd_logs = dmd_loss(video, real, fake)
+            logs.update({"dmd_loss": loss.item(), **dmd_logs})
+            if use_asd:
+                fake_t, t_fake, _, _ = self.noised(video, generator)  # gradient flows through to the n-step output
+                real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator)
+                g_loss = asd_generator_loss(self.d_logit(fake_t, t_fake, context, n),
+                                            self.d_logit(real_t, t_real, context, n))
+                logs["asd_generator_loss"] = g_loss.item()
+                loss = loss + c.asd_weight * g_loss
+            self.critic.requires_grad_(True)
+            self.discriminator.requires_grad_(True)
+            logs["generator_loss"] = loss.item()
+            applied, norm = apply_update(loss, list(self.generator.parameters()), self.opt_generator, rt, c.grad_clip)
+            logs["grad_norm/generator"] = norm
+            if applied:
+                self.sched["generator"].step()
+                update_ema(self.ema, self.generator, c.ema_decay, step, c.ema_start)
+            else:
+                skipped.append("generator")
+
+        # Critic (fake score): flow matching on the generator's current samples.
+        sample = video.detach()
+        x_t, t, _, critic_noise = self.noised(sample, generator)
+        critic_loss = flow_matching_loss(self.critic(x_t, t, context), sample, critic_noise)
+        logs["critic_loss"] = critic_loss.item()
+        applied, norm = apply_update(critic_loss, list(self.critic.parameters()), self.opt_critic, rt, c.grad_clip)
+        logs["grad_norm/critic"] = norm
+        if applied:
+            self.sched["critic"].step()
+        else:
+            skipped.append("critic")
+
+        if use_asd:
+            skipped += self.discriminator_step(sample, rollout.next_video.detach(), context, n, generator, logs)
+        return StepResult(logs, skipped)
+
+    def discriminator_step(self, fake, real, context, n, generator, logs) -> list[str]:
+        """Relativistic loss ranking the (n+1)-step sample above the n-step one, plus approx R1/R2."""
+        c, rt = self.config, self.runtime
+        fake_t, t_fake, _, _ = self.noised(fake, generator)
+        real_t, t_real, _, _ = self.noised(real, generator)
+        with torch.no_grad():  # the critic backbone is not trained by D's loss
+            f_fake = self.critic_features(fake_t, t_fake, context)
+            f_real = self.critic_features(real_t, t_real, context)
+        d_fake, d_real = self.discriminator(f_fake, n), self.discriminator(f_real, n)
+        loss = asd_discriminator_loss(d_fake, d_real)
+        logs["logit_gap"] = (d_real - d_fake).mean().item()
+        if c.r1_weight > 0:
+            def d_fn(t):
+                return lambda x: self.discriminator([f.detach() for f in self._no_grad_features(x, t, context)], n)
+
+            r1 = approx_gradient_penalty(d_fn(t_real), real_t, c.r1_sigma, generator=generator)
+            r2 = approx_gradient_penalty(d_fn(t_fake), fake_t, c.r1_sigma, generator=generator)
+            logs["r1"], logs["r2"] = r1.item(), r2.item()
+            loss = loss + c.r1_weight * (r1 + r2)
+        logs["discriminator_loss"] = loss.item()
+        applied, norm = apply_update(loss, list(self.discriminator.parameters()), self.opt_discriminator, rt,
+                                     c.grad_clip)
+        logs["grad_norm/discriminator"] = norm
+        if applied:
+            self.sched["discriminator"].step()
+            return []
+        return ["discriminator"]
+
+    def _no_grad_features(self, x_t, t, context):
+        with torch.no_grad():
+            return self.critic_features(x_t, t, context)
+
+    def export(self, path: Path) -> Path:
+        """The EMA generator with its config and plan: the file the loader node reads."""
+        save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=self.export_plan(),
+                        extra={"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight)})
+        if self.prompts.encoder is not None:
+            self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
+        return path

@@ -1,0 +1,135 @@
+"""Stage 2: ODE initialisation of the causal student (the CausVid / Self Forcing protocol).
+
+The frozen teacher (with CFG) integrates its probability-flow ODE from noise; the states it
+passes through at the student's plan timesteps are recorded, with the clean end point. The
+student (the teacher's weights, block-causal with `chunk_frames`) then learns to map the
+recorded state of each chunk, at a timestep drawn per chunk from the plan, to the end point
+in one block-causal pass: x0 regression (MSE). Trajectories are generated once per process,
+deterministically from the seed, and cached in out_dir so a resumed run reuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from asd_core.atomic import atomic_path
+from asd_core.checkpoint import save_checkpoint
+
+from .. import dist
+from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
+from ..rollout import noise_like, predict_x0, teacher_trajectory
+from .common import PromptSource, load_network, training_plan, video_size
+from .data import rank_indices
+from .teacher import TEXT_ENCODER_FILE
+
+TRAJECTORY_SALT = 7  # step_seed salt of the trajectory noise (distinct from the per-step streams)
+
+
+class OdeInitStage(Stage):
+    name = "ode_init"
+
+    def __init__(self, config, runtime):
+        super().__init__(config, runtime)
+        torch.manual_seed(config.seed)
+        self.frames, self.height, self.width = video_size(config)
+        if self.frames % config.chunk_frames:
+            raise ValueError(f"num_frames={self.frames} must be a multiple of chunk_frames={config.chunk_frames}")
+        self.first_steps, self.rest_steps = training_plan(config.plan)
+        self.teacher = load_network(config.teacher, chunk_frames=self.frames, device=runtime.device, trainable=False)
+        self.prompts = PromptSource(config, config.teacher, runtime.device)
+        self.trajectories = self._load_or_make_trajectories()
+
+        self.model = load_network(config.init or config.teacher, chunk_frames=config.chunk_frames,
+                                  device=runtime.device, trainable=True)
+        self.model.gradient_checkpointing = config.gradient_checkpointing
+        self.model_config = self.model.config
+        dist.broadcast_module(self.model, runtime)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
+                                           weight_decay=config.weight_decay)
+        self.scheduler = warmup_scheduler(self.optimizer, config.warmup_steps)
+
+    def record_at(self) -> tuple[float, ...]:
+        return tuple(sorted(set(self.first_steps) | set(self.rest_steps), reverse=True))
+
+    def _load_or_make_trajectories(self) -> dict[str, torch.Tensor]:
+        """{"states": (N, K, C, F, H, W) at record_at(), "x0": (N, C, F, H, W), "context": (N, L, D)}."""
+        c, rt = self.config, self.runtime
+        path = Path(c.out_dir) / f"trajectories_rank{rt.rank}.safetensors"
+        if path.is_file():
+            return safetensors.torch.load_file(str(path))
+        generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, 0, TRAJECTORY_SALT))
+        record = self.record_at()
+        channels = self.teacher.config.in_channels
+        states, ends, contexts = [], [], []
+        per_batch = max(1, min(c.batch_size, 16))
+        for start in range(0, c.num_trajectories, per_batch):
+            count = min(per_batch, c.num_trajectories - start)
+            indices = [(rt.rank * c.num_trajectories + start + i) for i in range(count)]
+            context = self.prompts.contexts(indices)
+            noise = noise_like((count, channels, self.frames, self.height, self.width), generator, rt.device)
+            recorded, x0 = teacher_trajectory(self.teacher, noise, context, self.prompts.uncond, c.cfg_scale,
+                                              record, c.ode_steps, c.ode_shift)
+            states.append(torch.stack([recorded[round(float(t), 6)] for t in record], dim=1).cpu())
+            ends.append(x0.cpu())
+            contexts.append(context.float().cpu())
+        data = {"states": torch.cat(states), "x0": torch.cat(ends), "context": torch.cat(contexts)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".tmp") as temp:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in data.items()}, str(temp))
+        return data
+
+    def modules(self):
+        return {"model": self.model, "ema": self.ema}
+
+    def optimizers(self):
+        return {"student": self.optimizer}
+
+    def schedulers(self):
+        return {"student": self.scheduler}
+
+    def checkpoint_extra(self):
+        return {"model_config": self.model_config.to_json(), "plan": self.config.plan}
+
+    def train_step(self, step: int) -> StepResult:
+        c, rt = self.config, self.runtime
+        generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, step))
+        pool = self.trajectories["x0"].shape[0]
+        indices = rank_indices(step, c.batch_size, 0, 1, pool=pool)  # the pool itself is per rank
+        states = self.trajectories["states"][indices].to(rt.device)  # (B, K, C, F, H, W)
+        x0 = self.trajectories["x0"][indices].to(rt.device)
+        context = self.trajectories["context"][indices].to(rt.device)
+
+        # One plan timestep per chunk (CausVid: independent per block), repeated over its frames.
+        record = self.record_at()
+        chunk, batch = c.chunk_frames, len(indices)
+        slot = torch.empty(batch, self.frames, dtype=torch.long)
+        timesteps = torch.empty(batch, self.frames)
+        for k in range(self.frames // chunk):
+            steps = self.first_steps if k == 0 else self.rest_steps
+            pick = torch.randint(len(steps), (batch,), generator=generator).tolist()
+            frames = slice(k * chunk, (k + 1) * chunk)
+            timesteps[:, frames] = torch.tensor([steps[j] for j in pick], dtype=torch.float32)[:, None]
+            slot[:, frames] = torch.tensor([record.index(steps[j]) for j in pick])[:, None]
+        # x_t: per frame, the trajectory state at that frame's timestep.
+        gather = slot.to(rt.device)[:, None, None, :, None, None].expand(-1, 1, *states.shape[2:])
+        x_t = states.gather(1, gather).squeeze(1)  # (B, C, F, H, W)
+        pred = predict_x0(self.model, x_t, timesteps.to(rt.device), context)
+        loss = F.mse_loss(pred, x0.float())
+        applied, norm = apply_update(loss, list(self.model.parameters()), self.optimizer, rt, c.grad_clip)
+        if applied:
+            self.scheduler.step()
+            update_ema(self.ema, self.model, c.ema_decay, step, c.ema_start)
+        return StepResult({"loss": loss.item(), "grad_norm": norm}, [] if applied else ["student"])
+
+    def export(self, path: Path) -> Path:
+        save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=self.config.plan,
+                        extra={"asd.role": "ode_init"})
+        if self.prompts.encoder is not None:
+            self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
+        return path
