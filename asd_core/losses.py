@@ -91,5 +91,9 @@ def approx_gradient_penalty(d_fn: Callable[[torch.Tensor], torch.Tensor], x: tor
     x = x.detach()
     eps = torch.randn(x.shape, generator=generator, device="cpu" if generator is not None else x.device,
                       dtype=x.dtype).to(x.device)
-    difference = d_fn(x + sigma * eps) - d_fn(x)
-    return difference.float().square().mean() / sigma**2
+    return finite_difference_penalty(d_fn(x + sigma * eps), d_fn(x), sigma).mean()
+
+
+def finite_difference_penalty(d_perturbed: torch.Tensor, d_clean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Per-sample (D(x + sigma*eps) - D(x))^2 / sigma^2: the estimate above, when D(x) is already at hand."""
+    return (d_perturbed - d_clean).float().square() / sigma**2

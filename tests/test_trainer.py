@@ -107,6 +107,24 @@ def test_config_errors_are_clear(tmp_path, capsys):
     assert "run that stage first" in capsys.readouterr().err
 
 
+def test_bf16_autocast_trains_and_keeps_fp32_weights(vae_run, tmp_path):
+    out = tmp_path / "bf16"
+    assert train("teacher.yaml", out, *teacher_args(vae_run, 2), "precision=bf16") == 0
+    state = safetensors.torch.load_file(out / "checkpoints" / "step_00000002" / TENSORS)
+    weights = {k: v for k, v in state.items() if k.startswith("model/model/")}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    fp32 = tmp_path / "fp32"
+    assert train("teacher.yaml", fp32, *teacher_args(vae_run, 2)) == 0
+    other = safetensors.torch.load_file(fp32 / "checkpoints" / "step_00000002" / TENSORS)
+    key = "model/model/blocks.0.attn1.to_q.weight"
+    assert not torch.equal(state[key], other[key])  # the matmuls really ran in bf16
+
+
+def test_unimplemented_fsdp_is_refused_with_the_way_out(capsys):
+    assert main([str(CONFIGS / "toy" / "vae.yaml"), "parallel=fsdp"]) == 2
+    assert "use parallel=ddp" in capsys.readouterr().err
+
+
 def test_real_size_config_builds_on_the_meta_device():
     config = load_config(CONFIGS / "wan2.1-1.3b" / "teacher.yaml")
     model_config = CausalWanConfig.from_dict({**CausalWanConfig().__dict__, **config.model})

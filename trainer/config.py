@@ -28,7 +28,7 @@ class RunConfig:
     batch_size: int = 4  # per process
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: str = "fp32"  # fp32 | bf16 (autocast; master weights and optimizer stay fp32)
-    parallel: str = "ddp"  # ddp (replicated weights, averaged gradients) | fsdp (sharded, real size, GPUs)
+    parallel: str = "ddp"  # ddp: replicated weights, averaged gradients (the only mode implemented so far)
     gradient_checkpointing: bool = False  # recompute block activations in backward (real size)
     grad_clip: float = 10.0  # max global grad norm; 0 = off
     ema_decay: float = 0.99
@@ -129,6 +129,7 @@ class DistillConfig(RunConfig):
     disc_queries: int = 4
     r1_weight: float = 1.0  # approximate R1/R2 on D (finite differences)
     r1_sigma: float = 0.01
+    r1_every: int = 4  # lazy R1/R2: every this many D steps, weight scaled by it (1 = every step)
     prompts_file: str = ""
     prompt_embeddings: str = ""
     uncond_file: str = ""
@@ -232,13 +233,18 @@ def _coerce(f: dataclasses.Field, value):
 def validate(config: RunConfig) -> None:
     """Cross-field checks with messages that say how to fix them."""
     positive = ["max_steps", "batch_size", "save_every", "keep_last", "log_every", "max_nonfinite"]
+    if isinstance(config, DistillConfig):
+        positive += ["gen_update_ratio", "r1_every"]
     for name in positive:
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {config.precision!r}")
-    if config.parallel not in ("ddp", "fsdp"):
-        raise ValueError(f"parallel must be ddp or fsdp, got {config.parallel!r}")
+    if config.parallel == "fsdp":
+        raise ValueError("parallel=fsdp (sharded weights) is not implemented yet: use parallel=ddp; at 1.3B the "
+                         "distill stage's generator + critic + teacher then need a GPU with >= 80 GB per process")
+    if config.parallel != "ddp":
+        raise ValueError(f"parallel must be ddp, got {config.parallel!r}")
     if not 0 <= config.ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
     if isinstance(config, TeacherConfig):

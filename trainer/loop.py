@@ -184,7 +184,9 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
     with stop_on_signals() as requested:
         while step < config.max_steps:
             t0 = time.perf_counter()
-            result = stage.train_step(step)
+            # bf16: autocast around forward and backward; weights, optimizer states and EMA stay fp32.
+            with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                result = stage.train_step(step)
             step += 1
             if result.skipped:
                 nonfinite_run += 1

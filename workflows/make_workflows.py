@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import comfy_executor  # noqa: E402
 
 PROMPT = "a red circle and a blue square"
-DEFAULT_FRAMES = 21  # 6 latent frames: 3 chunks of 2 (built-in default), 2 chunks of 3 (Wan)
+DEFAULT_FRAMES = 33  # 9 latent frames = 3 chunks of 3: the length the built-in default was trained on
 SEED = 42
 FPS = 8.0
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

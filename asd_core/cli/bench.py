@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest allowed |cached - recompute| before the benchmark fails (default 1e-3)")
     p.add_argument("--skip-memory", action="store_true", help="skip the memory measurement (its subprocesses)")
+    p.add_argument("--trainer", action="store_true",
+                   help="instead: the trainer's figures (ASD overhead per distill iteration, samples/s with 1 vs 2 "
+                        "processes); see trainer/bench.py")
     # Internal: memory probes "CHUNKS:WINDOW_FRAMES" (0 = whole-video cache) run in this fresh process.
     p.add_argument("--probe", action="append", type=_parse_probe, help=argparse.SUPPRESS)
     return p
@@ -465,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.probe:
         print(json.dumps(run_probes(settings, args.probe)))
+        return 0
+    if args.trainer:
+        from trainer.bench import run_trainer_benchmark  # the trainer ships in the same distribution
+
+        print(json.dumps(run_trainer_benchmark(quick=args.quick), indent=2))
         return 0
     result = run_benchmark(settings, args.threads, args.skip_memory)
     print(json.dumps(result, indent=2))

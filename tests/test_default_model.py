@@ -1,0 +1,87 @@
+"""The built-in default: the driver that trains and ships it, and the shipped files themselves."""
+
+import numpy as np
+import pytest
+import torch
+
+import trainer.default_model as driver
+from asd_core import defaults
+from asd_core.checkpoint import read_checkpoint
+
+TINY_VIDEO = ["latent_height=4", "latent_width=4", "progress=false", "tensorboard=false"]
+TINY_MODEL = ["model.num_layers=2", "model.num_attention_heads=1", "model.attention_head_dim=32",
+              "model.ffn_dim=64", "model.freq_dim=32"]
+TINY_STAGES = [
+    ("vae", "vae.yaml", ["max_steps=1", "batch_size=1", "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
+    ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=2", "batch_size=2", "pool_size=4", "num_frames=6",
+                                 "ema_start=0", *TINY_VIDEO, *TINY_MODEL]),
+    ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1", "batch_size=2", "num_frames=6",
+                                   "num_trajectories=2", "ode_steps=4", "ema_start=0", *TINY_VIDEO]),
+    ("distill_asd", "distill.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=2",
+                                     "batch_size=1", "num_frames=6", "gen_update_ratio=2", *TINY_VIDEO]),
+    ("distill_dmd", "distill.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=2",
+                                     "batch_size=1", "num_frames=6", "gen_update_ratio=2", "asd_weight=0",
+                                     *TINY_VIDEO]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_driver_trains_every_stage_resumes_and_ships(tmp_path, monkeypatch, capsys):
+    runs, weights = tmp_path / "runs", tmp_path / "weights"
+    monkeypatch.setattr(driver, "STAGES", TINY_STAGES)
+    monkeypatch.setattr(driver, "WEIGHTS_DIR", weights)
+    assert driver.main([str(runs), "--only", "vae"]) == 0
+    assert (runs / "vae" / "model.safetensors").is_file() and not (runs / "teacher").exists()
+
+    assert driver.main([str(runs), "--ship"]) == 0
+    out = capsys.readouterr().out
+    assert "[vae] done already" in out and "[teacher] starting" in out
+    shipped = {p.name for p in weights.iterdir()}
+    assert shipped == set(driver.SHIPPED)
+    assert read_checkpoint(weights / "student.safetensors").metadata["asd.asd_weight"] == "10.0"
+    assert read_checkpoint(weights / "student_dmd_only.safetensors").metadata["asd.asd_weight"] == "0.0"
+    assert read_checkpoint(weights / "teacher.safetensors").metadata["asd.role"] == "teacher"
+
+    monkeypatch.setattr(defaults, "WEIGHTS_DIR", weights)
+    pipeline = defaults.load_default_pipeline(allow_untrained=False)
+    assert pipeline.trained and pipeline.model.trained_plan == "1*"
+
+
+def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(driver, "STAGES", [("vae", "vae.yaml", ["max_steps=1", *TINY_STAGES[0][2][1:]])])
+    assert driver.main([str(runs)]) == 0
+    (runs / "vae" / "model.safetensors").unlink()  # as if stopped after its last checkpoint
+    monkeypatch.setattr(driver, "STAGES", [("vae", "vae.yaml", ["max_steps=2", *TINY_STAGES[0][2][1:]])])
+    assert driver.main([str(runs)]) == 0
+    assert "[vae] resuming" in capsys.readouterr().out
+    assert (runs / "vae" / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_shipping_an_unfinished_run_names_the_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "WEIGHTS_DIR", tmp_path / "weights")
+    with pytest.raises(SystemExit, match="finish the vae stage"):
+        driver.ship(tmp_path / "nothing")
+
+
+# --- the shipped default ----------------------------------------------------------------
+
+
+def test_the_shipped_default_loads_and_generates_the_captioned_shapes():
+    """Smoke check of the committed weights: real files, trained plan, videos the evaluator accepts."""
+    from asd_core.cli.evaluate import build_parser, evaluate
+
+    pipeline = defaults.load_default_pipeline(allow_untrained=False)
+    assert pipeline.trained and pipeline.model.trained_plan == "1*"
+    for name in ("student", "teacher", "vae", "text_encoder", "student_dmd_only"):
+        path = defaults.WEIGHTS_DIR / f"{name}.safetensors"
+        assert path.stat().st_size < 25 * 2**20  # the repository's per-file limit
+    result = evaluate(build_parser().parse_args(["--num", "8", "--seed", "3"]))
+    assert np.isfinite(result["fd"]) and result["total"] > 0.5 and result["semantic"] > 0.3, result

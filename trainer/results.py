@@ -1,0 +1,117 @@
+"""Table 2 of the paper on the toy domain: `python -m trainer.results --num 64 --seeds 0 1 2`.
+
+Rows: the domain's real videos (and after the VAE round trip), the many-step teacher, and the
+ASD (alpha > 0) and DMD-only (alpha = 0) students distilled from the same init, each at
+`1`, `1*`, `2`, `2*`, `4`. Every row sees the same captions and noise (asd-eval's seeds).
+Writes docs/results.json (every figure of every seed), docs/results.md's table and
+docs/results.png (total score per plan, mean and spread over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from asd_core.atomic import atomic_path
+from asd_core.cli.evaluate import build_parser as eval_parser
+from asd_core.cli.evaluate import evaluate
+from asd_core.defaults import WEIGHTS_DIR
+
+PLANS = ("1", "1*", "2", "2*", "4")
+KEYS = ("total", "quality", "semantic", "fd")
+
+
+def rows(weights: Path) -> list[tuple[str, list[str]]]:
+    """(row name, asd-eval arguments) in table order."""
+    table = [("ground truth", ["--model", "real"]),
+             ("ground truth, VAE round trip", ["--model", "real-vae", "--vae", str(weights / "vae.safetensors")]),
+             ("teacher, 50 steps, CFG 3", ["--checkpoint", str(weights / "teacher.safetensors")])]
+    for name, file in (("ASD", "student.safetensors"), ("DMD only", "student_dmd_only.safetensors")):
+        table += [(f"{name} {plan}", ["--checkpoint", str(weights / file), "--plan", plan]) for plan in PLANS]
+    common = ["--vae", str(weights / "vae.safetensors"), "--text-encoder", str(weights / "text_encoder.safetensors")]
+    return [(name, args + (common if "--checkpoint" in args else [])) for name, args in table]
+
+
+def run(num: int, seeds: list[int], weights: Path) -> dict:
+    results = {}
+    for name, args in rows(weights):
+        per_seed = []
+        for seed in seeds:
+            figures = evaluate(eval_parser().parse_args([*args, "--num", str(num), "--seed", str(seed)]))
+            per_seed.append(figures)
+            print(f"{name:<32} seed {seed}: total {figures['total']:.4f} fd {figures['fd']:.3f} "
+                  f"({figures['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        results[name] = per_seed
+    return {"num": num, "seeds": seeds, "rows": results}
+
+
+def summary(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """Row -> key -> (mean over seeds, std over seeds)."""
+    out = {}
+    for name, per_seed in results["rows"].items():
+        out[name] = {k: (float(np.mean([r[k] for r in per_seed])), float(np.std([r[k] for r in per_seed])))
+                     for k in (*KEYS, "sharpness", "subject_consistency", "motion_smoothness", "flicker")}
+    return out
+
+
+def markdown_table(results: dict) -> str:
+    stats = summary(results)
+    head = "| row | total | quality | semantic | FD (lower is better) |\n|---|---|---|---|---|\n"
+    lines = [f"| {name} | " + " | ".join(f"{m:.4f} ± {s:.4f}" if k != "fd" else f"{m:.2f} ± {s:.2f}"
+                                        for k, (m, s) in ((k, stats[name][k]) for k in KEYS)) + " |"
+             for name in stats]
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = summary(results)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    x = np.arange(len(PLANS))
+    for offset, name in ((-0.18, "ASD"), (0.18, "DMD only")):
+        means = [stats[f"{name} {p}"]["total"][0] for p in PLANS]
+        spread = [stats[f"{name} {p}"]["total"][1] for p in PLANS]
+        ax.bar(x + offset, means, width=0.34, yerr=spread, capsize=3, label=f"{name} student")
+    for name, style in (("teacher, 50 steps, CFG 3", "--"), ("ground truth, VAE round trip", ":")):
+        ax.axhline(stats[name]["total"][0], linestyle=style, color="black", linewidth=1, label=name)
+    ax.set_xticks(x, [f"plan {p}" for p in PLANS])
+    ax.set_ylabel("total score (higher is better)")
+    low = min(stats[f"{n} {p}"]["total"][0] for n in ("ASD", "DMD only") for p in PLANS)
+    ax.set_ylim(max(0.0, low - 0.1), 1.0)
+    ax.set_title(f"Toy domain, {results['num']} videos x {len(results['seeds'])} seeds (bars: spread over seeds)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".tmp.png") as temp:
+        fig.savefig(temp)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.results", description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=64)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="folder with the five shipped files")
+    parser.add_argument("--out", default="docs", help="folder for results.json, results_table.md, results.png")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(args.num, args.seeds, Path(args.weights))
+    with atomic_path(out / "results.json", suffix=".tmp") as temp:
+        Path(temp).write_text(json.dumps(results, indent=1))
+    with atomic_path(out / "results_table.md", suffix=".tmp") as temp:
+        Path(temp).write_text(markdown_table(results))
+    plot(results, out / "results.png")
+    print(markdown_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
