@@ -17,7 +17,6 @@ from .model import CausalWanTransformer
 from .sampler import SamplerProgress, SamplingCancelled, generate_latents, sample_video
 from .schedule import StepPlan, ffe_plan, format_plan, parse_plan, uniform_plan
 
-
 __all__ = [
     "CausalWanConfig",
     "CheckpointError",

@@ -55,7 +55,7 @@ class CausalWanConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "CausalWanConfig":
+    def from_dict(cls, values: dict) -> CausalWanConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -63,7 +63,7 @@ class CausalWanConfig:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> "CausalWanConfig":
+    def from_json(cls, text: str) -> CausalWanConfig:
         return cls.from_dict(json.loads(text))
 
 

@@ -115,7 +115,7 @@ class ToyTextEncoder(nn.Module):
         save_safetensors(state, path, {"asd.text_config": json.dumps(config)})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device="cpu") -> "ToyTextEncoder":
+    def load(cls, path: str | os.PathLike, device="cpu") -> ToyTextEncoder:
         if not Path(path).is_file():
             raise FileNotFoundError(f"toy text encoder not found: {path}")
         with safetensors.safe_open(str(path), framework="pt") as handle:
@@ -154,7 +154,7 @@ class UMT5TextEncoder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, tokenizer_path: str | os.PathLike | None = None,
                         device="cpu", dtype: torch.dtype = torch.bfloat16,
-                        max_length: int = WAN_TEXT_LENGTH) -> "UMT5TextEncoder":
+                        max_length: int = WAN_TEXT_LENGTH) -> UMT5TextEncoder:
         """Load a local folder (never downloads).
 
         `path` is either a umt5 folder (config.json + weights, tokenizer files alongside or at

@@ -80,7 +80,7 @@ class LatentCodec:
         self.std = tuple(vae.config.latents_std)
 
     @classmethod
-    def tiny_random(cls, seed: int = 0, **overrides) -> "LatentCodec":
+    def tiny_random(cls, seed: int = 0, **overrides) -> LatentCodec:
         """A randomly initialised tiny VAE; the global RNG is left untouched."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -123,7 +123,7 @@ class LatentCodec:
         raw = self.to_raw(latents.to(self.device, torch.float32))
         return self.vae.decode(raw.to(self.dtype)).sample.float()
 
-    def decode_stream(self) -> "StreamingDecoder":
+    def decode_stream(self) -> StreamingDecoder:
         return StreamingDecoder(self)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -133,7 +133,7 @@ class LatentCodec:
         save_safetensors(state, path, metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32) -> "LatentCodec":
+    def load(cls, path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32) -> LatentCodec:
         """A file written by `save` (our format: config in the metadata)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"VAE file not found: {path}")
@@ -187,7 +187,7 @@ class StreamingDecoder:
         self._feat_cache = [None] * len(self._feat_cache)
         self.frames_done = -1
 
-    def __enter__(self) -> "StreamingDecoder":
+    def __enter__(self) -> StreamingDecoder:
         return self
 
     def __exit__(self, *exc) -> None:

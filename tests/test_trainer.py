@@ -49,6 +49,18 @@ def test_vae_stage_writes_a_loadable_codec_with_measured_statistics(vae_run):
     assert summary["config"]["stage"] == "vae"
 
 
+def test_vae_loss_weighs_exactly_the_shape_pixels():
+    from asd_core.toy.domain import BACKGROUND_RGB
+    from trainer.stages.data import pixel_batch
+    from trainer.stages.vae import foreground_mask
+
+    pixels, _ = pixel_batch([0, 1, 2], 5, 64, 64)
+    mask = foreground_mask(pixels)[:, 0]
+    uint8 = ((pixels + 1) * 127.5).round().permute(0, 2, 3, 4, 1)  # (B, T, H, W, 3)
+    is_background = (uint8 == torch.tensor(BACKGROUND_RGB, dtype=uint8.dtype)).all(dim=-1)
+    assert torch.equal(mask.bool(), ~is_background) and 0 < mask.mean() < 0.3
+
+
 def test_teacher_stage_exports_model_and_text_encoder(vae_run, tmp_path, capsys):
     out = tmp_path / "teacher"
     assert train("teacher.yaml", out, *teacher_args(vae_run, 2)) == 0

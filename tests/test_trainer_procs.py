@@ -139,10 +139,9 @@ def _kill9(directory: str) -> None:
 
 def _ddp(argv: list[str]) -> None:
     """torchrun worker: a distill run whose ranks record their exit steps and final weights."""
-    from trainer.stages import distill
     from trainer.config import load_config
     from trainer.loop import run_training
-    from trainer.stages import build_stage
+    from trainer.stages import build_stage, distill
 
     rank = int(os.environ["RANK"])
     original = distill.step_seed

@@ -55,6 +55,7 @@ class VaeConfig(RunConfig):
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     kl_weight: float = 1e-6  # small: the latent must stay informative, only loosely Gaussian
+    foreground_weight: float = 10.0  # extra loss weight of shape pixels (the background is most of a frame)
     clip_frames: int = 9  # pixel frames per training clip (4k+1); the causal VAE then runs on any length
     stats_clips: int = 64  # clips encoded at export to set the latents' per-channel mean/std
     vae: dict = field(default_factory=dict)  # LatentCodec / AutoencoderKLWan overrides (empty = toy default)

@@ -27,8 +27,15 @@ import torch
 
 from asd_core.checkpoint import save_checkpoint
 from asd_core.discriminator import ASDDiscriminator
-from asd_core.losses import (add_noise, asd_discriminator_loss, asd_generator_loss, dmd_loss,
-                             finite_difference_penalty, flow_matching_loss, x0_from_flow)
+from asd_core.losses import (
+    add_noise,
+    asd_discriminator_loss,
+    asd_generator_loss,
+    dmd_loss,
+    finite_difference_penalty,
+    flow_matching_loss,
+    x0_from_flow,
+)
 
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler

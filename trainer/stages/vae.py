@@ -1,6 +1,9 @@
 """Toy stage 0: train the tiny Wan VAE (diffusers' AutoencoderKLWan) on synthetic shape videos.
 
-Loss: L1 + MSE reconstruction of a posterior sample, plus a small KL. At export the latents'
+Loss: L1 + MSE reconstruction of a posterior sample, plus a small KL. Pixels of the shapes
+weigh `1 + foreground_weight`: the plain background is most of every frame, and an unweighted
+loss spends the model on it (after 1000 steps the shapes came back as faint blobs of the wrong
+colour, which every later stage and the evaluator would inherit). At export the latents'
 per-channel mean/std over fresh clips go into the VAE config, so `LatentCodec` normalises
 them to unit scale for the transformer, as the real Wan VAE's statistics do.
 """
@@ -11,15 +14,21 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from asd_core.toy.domain import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from asd_core.toy.domain import BACKGROUND_RGB, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from asd_core.vae import LatentCodec, tiny_vae_config
 
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed
 from .data import pixel_batch, rank_indices
+
+
+def foreground_mask(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, H, W) 1.0 where a pixel is not the domain's background colour, else 0.0."""
+    background = torch.tensor(BACKGROUND_RGB, dtype=pixels.dtype, device=pixels.device) / 127.5 - 1.0
+    distance = (pixels - background[None, :, None, None, None]).abs().amax(dim=1, keepdim=True)
+    return (distance > 0.05).to(pixels.dtype)
 
 
 class VaeStage(Stage):
@@ -57,7 +66,9 @@ class VaeStage(Stage):
         noise = torch.randn(posterior.mean.shape, generator=generator).to(rt.device)
         latents = posterior.mean + posterior.std * noise
         recon = self.vae.decode(latents).sample
-        l1, l2 = F.l1_loss(recon, pixels), F.mse_loss(recon, pixels)
+        weight = 1.0 + c.foreground_weight * foreground_mask(pixels)
+        l1 = (weight * (recon - pixels).abs()).mean()
+        l2 = (weight * (recon - pixels).square()).mean()
         kl = posterior.kl().mean() / latents[0].numel()
         loss = l1 + l2 + c.kl_weight * kl
         applied, norm = apply_update(loss, list(self.vae.parameters()), self.optimizer, rt, c.grad_clip)
