@@ -13,6 +13,8 @@ TINY_MODEL = ["model.num_layers=2", "model.num_attention_heads=1", "model.attent
               "model.ffn_dim=64", "model.freq_dim=32"]
 TINY_STAGES = [
     ("vae", "vae.yaml", ["max_steps=1", "batch_size=1", "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
+    ("vae_decoder", "vae.yaml", ["init={runs}/vae", "freeze_encoder=true", "max_steps=1", "batch_size=1",
+                                 "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
     ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=2", "batch_size=2", "pool_size=4", "num_frames=6",
                                  "ema_start=0", *TINY_VIDEO, *TINY_MODEL]),
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1", "batch_size=2", "num_frames=6",
@@ -67,7 +69,7 @@ def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch, caps
 
 def test_shipping_an_unfinished_run_names_the_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(driver, "WEIGHTS_DIR", tmp_path / "weights")
-    with pytest.raises(SystemExit, match="finish the vae stage"):
+    with pytest.raises(SystemExit, match="finish the vae_decoder stage"):
         driver.ship(tmp_path / "nothing")
 
 

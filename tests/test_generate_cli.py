@@ -1,4 +1,4 @@
-"""`asd-generate` end to end on the built-in default (untrained stand-in until it ships)."""
+"""`asd-generate` end to end on the built-in default (and its untrained stand-in when no weights are there)."""
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ def test_generates_a_video_and_prints_one_summary_line(tmp_path, capsys):
     lines = captured.out.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"wrote {out}: 33 frames 64x64, plan 1* (first chunk 4 steps, later 1), ")
-    assert "UNTRAINED" in lines[0]
+    assert lines[0].endswith("[built-in default student, trained plan 1*]")  # the shipped ASD student
     assert "call" in captured.err  # the tqdm bar goes to stderr, never into the summary
     assert read_video(out).shape == (33, 64, 64, 3)
     assert [p.name for p in out.parent.iterdir()] == ["clip.gif"]  # no temp file left

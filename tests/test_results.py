@@ -35,3 +35,17 @@ def test_table_reports_mean_and_spread_over_seeds(tmp_path):
     assert "| DMD only 2* | " in table and "± 0.0500" in table
     plot(results, tmp_path / "results.png")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parts_merge_back_in_table_order_and_must_match(tmp_path):
+    from trainer.results import merge
+
+    full = fake_results()
+    names = list(full["rows"])
+    first = {"num": 4, "seeds": [0, 1], "rows": {n: full["rows"][n] for n in names[5:]}}
+    second = {"num": 4, "seeds": [0, 1], "rows": {n: full["rows"][n] for n in names[:5]}}
+    assert list(merge([first, second], Path("w"))["rows"]) == names
+    with pytest.raises(SystemExit, match="missing"):
+        merge([first], Path("w"))
+    with pytest.raises(SystemExit, match="different --num"):
+        merge([first, {**second, "num": 8}], Path("w"))

@@ -61,6 +61,19 @@ def test_vae_loss_weighs_exactly_the_shape_pixels():
     assert torch.equal(mask.bool(), ~is_background) and 0 < mask.mean() < 0.3
 
 
+def test_decoder_fine_tuning_keeps_the_latent_space(vae_run, tmp_path):
+    out = tmp_path / "decoder"
+    assert train("vae.yaml", out, f"init={vae_run}", "freeze_encoder=true", "max_steps=1", "batch_size=1",
+                 "clip_frames=5", "stats_clips=2", *TINY_VIDEO) == 0
+    before = safetensors.torch.load_file(vae_run / "model.safetensors")
+    after = safetensors.torch.load_file(out / "model.safetensors")
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert LatentCodec.load(out / "model.safetensors").mean == LatentCodec.load(vae_run / "model.safetensors").mean
+
+
 def test_teacher_stage_exports_model_and_text_encoder(vae_run, tmp_path, capsys):
     out = tmp_path / "teacher"
     assert train("teacher.yaml", out, *teacher_args(vae_run, 2)) == 0

@@ -56,6 +56,8 @@ class VaeConfig(RunConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     kl_weight: float = 1e-6  # small: the latent must stay informative, only loosely Gaussian
     foreground_weight: float = 10.0  # extra loss weight of shape pixels (the background is most of a frame)
+    init: str = ""  # start from a trained VAE (run dir or file) instead of random weights
+    freeze_encoder: bool = False  # train the decoder only: the latent space stays that of `init`
     clip_frames: int = 9  # pixel frames per training clip (4k+1); the causal VAE then runs on any length
     stats_clips: int = 64  # clips encoded at export to set the latents' per-channel mean/std
     vae: dict = field(default_factory=dict)  # LatentCodec / AutoencoderKLWan overrides (empty = toy default)

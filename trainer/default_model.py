@@ -3,7 +3,8 @@
 The stages run in order, each with the committed toy config (trainer/configs/toy/) and the
 overrides below, which size the default to train on 2 CPU cores in about two hours:
 
-    vae -> teacher -> ode_init -> distill_asd (alpha > 0) and distill_dmd (alpha = 0, the ablation)
+    vae -> vae_decoder (decoder fine-tuning) -> teacher -> ode_init
+        -> distill_asd (alpha > 0) and distill_dmd (alpha = 0, the ablation)
 
 Every stage is resumable: a finished stage (its model.safetensors exists) is skipped, an
 interrupted one resumes from its latest checkpoint. `--ship` copies the results into
@@ -29,19 +30,25 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 
 # (run name, config file, overrides); {runs} is the runs folder. The sizes that differ from the
 # config files are the CPU budget of the shipped default (docs/default_model.md has the logs).
+DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=800", "gen_update_ratio=2",
+           "lr_generator=5e-5", "lr_critic=5e-5", "lr_discriminator=5e-5", "ema_start=100", "save_every=50"]
 STAGES = [
-    ("vae", "vae.yaml", ["max_steps=1000", "save_every=100"]),
-    ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=4000", "pool_size=1024", "ema_start=500",
+    # 5-frame clips (1 + 4: one causal step of the VAE's temporal compression) halve the step time.
+    ("vae", "vae.yaml", ["max_steps=1000", "clip_frames=5", "save_every=100"]),
+    # Decoder fine-tuning: the encoder (the latent space every later stage lives in) is frozen,
+    # so it can run beside the teacher and ode_init; the shipped VAE is this one.
+    ("vae_decoder", "vae.yaml", ["init={runs}/vae", "freeze_encoder=true", "clip_frames=5", "lr=2e-4",
+                                 "max_steps=400", "save_every=100"]),
+    ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=6000", "pool_size=1024", "ema_start=500",
                                  "warmup_steps=200", "save_every=250"]),
-    ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1200", "num_trajectories=512",
+    ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1500", "num_trajectories=384",
                                    "save_every=200"]),
-    ("distill_asd", "distill.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=600",
-                                     "gen_update_ratio=2", "ema_start=100", "save_every=50"]),
-    ("distill_dmd", "distill.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=600",
-                                     "gen_update_ratio=2", "ema_start=100", "save_every=50", "asd_weight=0"]),
+    # The two students differ only in asd_weight (alpha): the ablation of docs/results.md.
+    ("distill_asd", "distill.yaml", [*DISTILL, "asd_weight=10"]),
+    ("distill_dmd", "distill.yaml", [*DISTILL, "asd_weight=0"]),
 ]
 SHIPPED = {  # weights file -> (run, file in the run)
-    DEFAULT_FILES["vae"]: ("vae", FINAL_MODEL),
+    DEFAULT_FILES["vae"]: ("vae_decoder", FINAL_MODEL),
     DEFAULT_FILES["teacher"]: ("teacher", FINAL_MODEL),
     DEFAULT_FILES["text_encoder"]: ("teacher", TEXT_ENCODER_FILE),
     DEFAULT_FILES["student"]: ("distill_asd", FINAL_MODEL),

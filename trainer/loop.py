@@ -226,7 +226,7 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
         "step": step,
         "steps_this_run": done,
         "seconds": round(elapsed, 2),
-        "sec_per_step": round(elapsed / done, 4) if done else float("nan"),
+        "sec_per_step": round(elapsed / done, 4) if done else None,  # JSON has no NaN
         "checkpoint": str(path) if path else None,
         "model": str(final) if final else None,
         "stopped_by": stopped_by,

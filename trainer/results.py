@@ -36,9 +36,11 @@ def rows(weights: Path) -> list[tuple[str, list[str]]]:
     return [(name, args + (common if "--checkpoint" in args else [])) for name, args in table]
 
 
-def run(num: int, seeds: list[int], weights: Path) -> dict:
+def run(num: int, seeds: list[int], weights: Path, names: list[str] | None = None) -> dict:
     results = {}
     for name, args in rows(weights):
+        if names is not None and name not in names:
+            continue
         per_seed = []
         for seed in seeds:
             figures = evaluate(eval_parser().parse_args([*args, "--num", str(num), "--seed", str(seed)]))
@@ -94,21 +96,47 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.json", suffix=".tmp") as temp:
+        Path(temp).write_text(json.dumps(results, indent=1))
+    with atomic_path(out / "results_table.md", suffix=".tmp") as temp:
+        Path(temp).write_text(markdown_table(results))
+    plot(results, out / "results.png")
+
+
+def merge(parts: list[dict], weights: Path) -> dict:
+    """Rows evaluated in separate processes (same --num and --seeds), back in table order."""
+    if len({(p["num"], tuple(p["seeds"])) for p in parts}) != 1:
+        raise SystemExit("the parts were evaluated with different --num or --seeds: rerun them alike")
+    found = {name: per_seed for part in parts for name, per_seed in part["rows"].items()}
+    missing = [name for name, _ in rows(weights) if name not in found]
+    if missing:
+        raise SystemExit(f"rows missing from the parts: {missing}")
+    return {"num": parts[0]["num"], "seeds": parts[0]["seeds"], "rows": {n: found[n] for n, _ in rows(weights)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.results", description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="folder with the five shipped files")
     parser.add_argument("--out", default="docs", help="folder for results.json, results_table.md, results.png")
+    parser.add_argument("--rows", help="only the rows whose name starts with this (e.g. 'ASD'); with --part")
+    parser.add_argument("--part", help="write this subset's figures to this JSON file instead of --out")
+    parser.add_argument("--merge", nargs="+", metavar="PART", help="combine --part files into --out")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = run(args.num, args.seeds, Path(args.weights))
-    with atomic_path(out / "results.json", suffix=".tmp") as temp:
-        Path(temp).write_text(json.dumps(results, indent=1))
-    with atomic_path(out / "results_table.md", suffix=".tmp") as temp:
-        Path(temp).write_text(markdown_table(results))
-    plot(results, out / "results.png")
+    weights = Path(args.weights)
+    if args.merge:
+        results = merge([json.loads(Path(p).read_text()) for p in args.merge], weights)
+    else:
+        chosen = [name for name, _ in rows(weights) if not args.rows or name.startswith(args.rows)]
+        results = run(args.num, args.seeds, weights, chosen)
+        if args.part:
+            with atomic_path(args.part, suffix=".tmp") as temp:
+                Path(temp).write_text(json.dumps(results, indent=1))
+            return 0
+    write(results, Path(args.out))
     print(markdown_table(results))
     return 0
 

@@ -1,4 +1,4 @@
-"""Template-browser thumbnails: `python workflows/make_thumbnails.py NAME.json=VIDEO [NAME.json=VIDEO ...]`.
+"""Template-browser thumbnails: `python workflows/make_thumbnails.py NAME.json=VIDEO[,VIDEO...] ...`.
 
 ComfyUI shows `workflows/NAME.jpg` beside `NAME.json`. Each thumbnail is a strip of frames
 of the video that workflow produced when it was run in a real ComfyUI (its SaveVideo output),
@@ -20,26 +20,28 @@ SIZE = (512, 384)  # 4:3, what the template browser's cards crop to
 FRAMES_SHOWN = 4
 
 
-def strip(video: np.ndarray) -> Image.Image:
-    """FRAMES_SHOWN evenly spaced frames side by side, then fitted into SIZE on a dark card."""
-    picks = np.linspace(0, len(video) - 1, FRAMES_SHOWN).round().astype(int)
-    row = np.concatenate([video[i] for i in picks], axis=1)
-    image = Image.fromarray(row)
-    scale = SIZE[0] / image.width
-    image = image.resize((SIZE[0], max(1, round(image.height * scale))), Image.NEAREST)
+def strip(videos: list[np.ndarray]) -> Image.Image:
+    """Per video a row of FRAMES_SHOWN evenly spaced frames, rows stacked, fitted into SIZE on a dark card."""
+    rows = []
+    for video in videos:
+        picks = np.linspace(0, len(video) - 1, FRAMES_SHOWN).round().astype(int)
+        rows.append(np.concatenate([video[i] for i in picks], axis=1))
+    image = Image.fromarray(np.concatenate(rows, axis=0))
+    scale = min(SIZE[0] / image.width, SIZE[1] / image.height)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
     card = Image.new("RGB", SIZE, (24, 24, 28))
-    card.paste(image, (0, (SIZE[1] - image.height) // 2))
+    card.paste(image, ((SIZE[0] - image.width) // 2, (SIZE[1] - image.height) // 2))
     return card
 
 
-def thumbnail(source: Path) -> Image.Image:
-    if source.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        image = Image.open(source).convert("RGB")
+def thumbnail(sources: list[Path]) -> Image.Image:
+    if sources[0].suffix.lower() in (".png", ".jpg", ".jpeg"):
+        image = Image.open(sources[0]).convert("RGB")
         image.thumbnail(SIZE)
         return image
     from asd_core.video_io import read_video
 
-    return strip(read_video(source))
+    return strip([read_video(source) for source in sources])
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +54,7 @@ def main(argv: list[str]) -> int:
         if not (HERE / Path(name).with_suffix(".json").name).is_file():
             print(f"no workflow {name} in {HERE}", file=sys.stderr)
             return 2
-        thumbnail(Path(source)).save(target, quality=88)
+        thumbnail([Path(p) for p in source.split(",")]).save(target, quality=88)
         print(f"wrote {target}")
     return 0
 

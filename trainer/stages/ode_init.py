@@ -16,6 +16,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from asd_core.atomic import atomic_path
 from asd_core.checkpoint import save_checkpoint
@@ -68,6 +69,8 @@ class OdeInitStage(Stage):
         channels = self.teacher.config.in_channels
         states, ends, contexts = [], [], []
         per_batch = max(1, min(c.batch_size, 16))
+        bar = tqdm(total=c.num_trajectories, desc="teacher trajectories", unit="traj", dynamic_ncols=True,
+                   disable=not (c.progress and rt.is_main))
         for start in range(0, c.num_trajectories, per_batch):
             count = min(per_batch, c.num_trajectories - start)
             indices = [(rt.rank * c.num_trajectories + start + i) for i in range(count)]
@@ -78,6 +81,8 @@ class OdeInitStage(Stage):
             states.append(torch.stack([recorded[round(float(t), 6)] for t in record], dim=1).cpu())
             ends.append(x0.cpu())
             contexts.append(context.float().cpu())
+            bar.update(count)
+        bar.close()
         data = {"states": torch.cat(states), "x0": torch.cat(ends), "context": torch.cat(contexts)}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, suffix=".tmp") as temp:

@@ -38,8 +38,19 @@ class VaeStage(Stage):
         super().__init__(config, runtime)
         torch.manual_seed(config.seed)
         self.vae = AutoencoderKLWan(**tiny_vae_config(**config.vae)).to(runtime.device)
+        if config.init:  # fine-tune a trained VAE (e.g. its decoder only)
+            from .teacher import resolve_model_file
+
+            trained = LatentCodec.load(resolve_model_file(config.init)).vae
+            self.vae.load_state_dict(trained.state_dict())
         dist.broadcast_module(self.vae, runtime)
-        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=config.lr, betas=tuple(config.betas))
+        if config.freeze_encoder:
+            # Decoder fine-tuning: the latent space (and every model trained in it) stays as it is,
+            # while the pixels it decodes to get sharper.
+            self.vae.encoder.requires_grad_(False)
+            self.vae.quant_conv.requires_grad_(False)
+        trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=tuple(config.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.height = config.latent_height * 8 or DEFAULT_HEIGHT
         self.width = config.latent_width * 8 or DEFAULT_WIDTH
@@ -62,7 +73,8 @@ class VaeStage(Stage):
         pixels, _ = pixel_batch(indices, c.clip_frames, self.height, self.width)
         pixels = pixels.to(rt.device)
         generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, step))
-        posterior = self.vae.encode(pixels).latent_dist
+        with torch.set_grad_enabled(not c.freeze_encoder):
+            posterior = self.vae.encode(pixels).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator).to(rt.device)
         latents = posterior.mean + posterior.std * noise
         recon = self.vae.decode(latents).sample
@@ -71,7 +83,8 @@ class VaeStage(Stage):
         l2 = (weight * (recon - pixels).square()).mean()
         kl = posterior.kl().mean() / latents[0].numel()
         loss = l1 + l2 + c.kl_weight * kl
-        applied, norm = apply_update(loss, list(self.vae.parameters()), self.optimizer, rt, c.grad_clip)
+        trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        applied, norm = apply_update(loss, trainable, self.optimizer, rt, c.grad_clip)
         if applied:
             self.scheduler.step()
         logs = {"loss": loss.item(), "l1": l1.item(), "mse": l2.item(), "kl": kl.item(), "grad_norm": norm}
