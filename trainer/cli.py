@@ -1,4 +1,5 @@
-"""`asd-train CONFIG.yaml [key=value ...] [--resume]` and `asd-train export RUN_DIR --out FILE`."""
+"""`asd-train CONFIG.yaml [key=value ...] [--resume]`, `asd-train export RUN_DIR --out FILE`,
+`asd-train prepare {latents,prompts} ...` (= `python -m trainer.prepare`, see trainer/prepare.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "export":
             return _export(argv[1:])
+        if argv and argv[0] == "prepare":
+            from .prepare import main as prepare
+
+            return prepare(argv[1:])
         parser = argparse.ArgumentParser(prog="asd-train", description="Train one stage of the ASD pipeline.")
         parser.add_argument("config", help="stage config, e.g. trainer/configs/toy/teacher.yaml")
         parser.add_argument("overrides", nargs="*", help="key=value overrides (max_steps=10 out_dir=runs/x seed=1)")

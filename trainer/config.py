@@ -77,11 +77,12 @@ class TeacherConfig(RunConfig):
     timestep_shift: float = 3.0  # training sigmas u ~ U(0,1) warped by this shift (more time at high noise)
     # Data: "synthetic" (toy domain, encoded by `vae` once into a latent pool) or "latents" (shards).
     data: str = "synthetic"
-    vae: str = ""  # toy: VAE run dir or file (from the vae stage)
+    vae: str = ""  # synthetic: the VAE run dir / file that encodes the clips; latents: decodes samples only
+    # ("" = the VAE the shards name); recorded in run.json, where the student stages find it
     pool_size: int = 512  # toy: synthetic clips encoded once and cycled through
     latent_dir: str = ""  # latents: folder of *.safetensors shards with `latents` (N,C,F,H,W) and `context` (N,L,D)
     uncond_file: str = ""  # latents: safetensors with `context` (1,L,D) for the dropped text ("" = zeros)
-    text_encoder: dict = field(default_factory=dict)  # toy text encoder overrides
+    text_encoder: dict = field(default_factory=dict)  # synthetic: toy text encoder overrides
 
 
 @dataclass
@@ -101,8 +102,9 @@ class OdeInitConfig(RunConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     prompts_file: str = ""  # one prompt per line ("" = toy captions)
-    prompt_embeddings: str = ""  # real size: safetensors with `context` (N,L,D) precomputed (umt5)
-    uncond_file: str = ""
+    prompt_embeddings: str = ""  # real size: safetensors with `context` (N,L,D) (`python -m trainer.prepare prompts`)
+    uncond_file: str = ""  # with prompt_embeddings: `context` (1,L,D) of the negative / empty prompt ("" = zeros)
+    vae: str = ""  # decodes sample videos: run dir, file or diffusers folder ("" = the one the teacher run names)
 
 
 @dataclass
@@ -136,6 +138,7 @@ class DistillConfig(RunConfig):
     prompts_file: str = ""
     prompt_embeddings: str = ""
     uncond_file: str = ""
+    vae: str = ""  # decodes sample videos ("" = the one the teacher run names)
 
 
 STAGES: dict[str, type[RunConfig]] = {
@@ -256,7 +259,10 @@ def validate(config: RunConfig) -> None:
         if config.data not in ("synthetic", "latents"):
             raise ValueError(f"data must be 'synthetic' (toy domain) or 'latents' (shards), got {config.data!r}")
         if config.data == "latents" and not config.latent_dir:
-            raise ValueError("data=latents needs latent_dir=FOLDER of .safetensors shards")
+            raise ValueError("data=latents needs latent_dir=FOLDER of .safetensors shards "
+                             "(`python -m trainer.prepare latents VIDEO_DIR ...` makes them)")
+    if config.sample_every < 0:
+        raise ValueError(f"sample_every must be >= 0 (0 = no sample videos), got {config.sample_every}")
     if isinstance(config, (OdeInitConfig, DistillConfig)) and not config.teacher:
         raise ValueError(f"stage {config.stage!r} needs teacher=RUN_DIR_OR_FILE (the teacher stage's output)")
     if isinstance(config, DistillConfig):

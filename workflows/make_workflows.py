@@ -152,10 +152,12 @@ def compare_steps(info: dict) -> dict:
     loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=0, row=0)
     text = g.add("ASDTextEncode", {"text": PROMPT}, column=0, row=1)
     decoded = []
-    for row, (steps, first, label) in enumerate([(1, 4, "1*"), (2, 4, "2*"), (4, 4, "4 steps")]):
+    # Two grid rows per plan: a sampler with all its widgets is taller than one row.
+    for row, (steps, first, label) in zip((0, 2, 4), [(1, 4, "1*"), (2, 4, "2*"), (4, 4, "4 steps")]):
         plan = g.add("ASDStepScheduler", {"steps": steps, "first_chunk_steps": first}, title=f"Plan {label}",
                      column=1, row=row)
-        sampler = g.add("ASDCausalSampler", sampler_widgets(), title=f"Sampler {label}", column=2, row=row)
+        sampler = g.add("ASDCausalSampler", sampler_widgets(), title=f"Sampler {label}", column=2, row=row,
+                        size=(340, 440))
         g.connect(loader, "model", sampler, "model")
         g.connect(plan, "plan", sampler, "plan")
         g.connect(text, "conditioning", sampler, "positive")
@@ -167,7 +169,7 @@ def compare_steps(info: dict) -> dict:
     g.connect(decoded[0], "images", left, "image1")
     g.connect(decoded[1], "images", left, "image2")
     right = g.add("ImageStitch", {"direction": "right", "match_image_size": True, "spacing_width": 4,
-                                  "spacing_color": "white"}, title="1* | 2* | 4", column=4, row=1)
+                                  "spacing_color": "white"}, title="1* | 2* | 4", column=4, row=2)
     g.connect(left, "IMAGE", right, "image1")
     g.connect(decoded[2], "images", right, "image2")
     save_video(g, right, "ASD/compare_1star_2star_4", column=5)

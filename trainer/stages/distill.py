@@ -40,9 +40,20 @@ from asd_core.losses import (
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
 from ..rollout import guided_flow, noise_like, self_forcing_rollout
-from .common import PromptSource, load_network, model_config_of, shifted_timesteps, training_plan, video_size
+from .common import (
+    SAMPLE_COUNT,
+    TEXT_ENCODER_FILE,
+    PromptSource,
+    load_network,
+    model_config_of,
+    sample_codec,
+    shifted_timesteps,
+    student_vae,
+    training_plan,
+    video_size,
+    write_sample_videos,
+)
 from .data import rank_indices
-from .teacher import TEXT_ENCODER_FILE
 
 EXIT_SALT = 3  # step_seed salt of the exit-step draw (rank 0's stream, then broadcast)
 
@@ -95,6 +106,9 @@ class DistillStage(Stage):
         self.opt_critic = adamw(self.critic, c.lr_critic)
         self.opt_discriminator = adamw(self.discriminator, c.lr_discriminator)
         self.sched = {name: warmup_scheduler(opt, c.warmup_steps) for name, opt in self.optimizers().items()}
+        self.vae = student_vae(c, c.teacher, c.init)
+        self.sample_codec = sample_codec(c, given=c.vae, recorded=self.vae, channels=self.model_config.in_channels,
+                                         device=runtime.device, is_main=runtime.is_main)
 
     def modules(self):
         return {"generator": self.generator, "ema": self.ema, "critic": self.critic,
@@ -110,7 +124,7 @@ class DistillStage(Stage):
         return self.config.export_plan or self.config.plan
 
     def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": self.export_plan()}
+        return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae}
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -248,6 +262,14 @@ class DistillStage(Stage):
             self.sched["discriminator"].step()
             return []
         return ["discriminator"]
+
+    def write_samples(self, step: int, directory: Path) -> list[Path]:
+        """The EMA generator at the plan it is exported with, on the first prompts (fixed seeds), no CFG."""
+        if self.sample_codec is None:
+            return []
+        return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=self.export_plan(),
+                                   context=self.prompts.contexts(list(range(SAMPLE_COUNT))), frames=self.frames,
+                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16")
 
     def export(self, path: Path) -> Path:
         """The EMA generator with its config and plan: the file the loader node reads."""

@@ -24,9 +24,18 @@ from asd_core.checkpoint import save_checkpoint
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
 from ..rollout import noise_like, predict_x0, teacher_trajectory
-from .common import PromptSource, load_network, training_plan, video_size
+from .common import (
+    SAMPLE_COUNT,
+    TEXT_ENCODER_FILE,
+    PromptSource,
+    load_network,
+    sample_codec,
+    student_vae,
+    training_plan,
+    video_size,
+    write_sample_videos,
+)
 from .data import rank_indices
-from .teacher import TEXT_ENCODER_FILE
 
 TRAJECTORY_SALT = 7  # step_seed salt of the trajectory noise (distinct from the per-step streams)
 
@@ -54,6 +63,10 @@ class OdeInitStage(Stage):
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
         self.scheduler = warmup_scheduler(self.optimizer, config.warmup_steps)
+        self.vae = student_vae(config, config.teacher)
+        self.sample_codec = sample_codec(config, given=config.vae, recorded=self.vae,
+                                         channels=self.model_config.in_channels, device=runtime.device,
+                                         is_main=runtime.is_main)
 
     def record_at(self) -> tuple[float, ...]:
         return tuple(sorted(set(self.first_steps) | set(self.rest_steps), reverse=True))
@@ -99,7 +112,7 @@ class OdeInitStage(Stage):
         return {"student": self.scheduler}
 
     def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": self.config.plan}
+        return {"model_config": self.model_config.to_json(), "plan": self.config.plan, "vae": self.vae}
 
     def train_step(self, step: int) -> StepResult:
         c, rt = self.config, self.runtime
@@ -131,6 +144,14 @@ class OdeInitStage(Stage):
             self.scheduler.step()
             update_ema(self.ema, self.model, c.ema_decay, step, c.ema_start)
         return StepResult({"loss": loss.item(), "grad_norm": norm}, [] if applied else ["student"])
+
+    def write_samples(self, step: int, directory: Path) -> list[Path]:
+        """The EMA student at its plan on the first prompts (fixed seeds), no CFG: what export ships."""
+        if self.sample_codec is None:
+            return []
+        return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=self.config.plan,
+                                   context=self.prompts.contexts(list(range(SAMPLE_COUNT))), frames=self.frames,
+                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16")
 
     def export(self, path: Path) -> Path:
         save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=self.config.plan,

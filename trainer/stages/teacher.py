@@ -1,9 +1,14 @@
-"""Stage 1: the many-step flow-matching teacher, bidirectional Wan, plus the toy text encoder.
+"""Stage 1: the many-step flow-matching teacher, bidirectional Wan (plus the toy text encoder).
 
 The teacher is our `CausalWanTransformer` with `chunk_frames >= num_frames`, which is
-exactly the bidirectional Wan forward. Text is dropped to the unconditional (all-zero)
-context with probability `cfg_dropout`, so the teacher supports CFG (the real score of DMD).
+exactly the bidirectional Wan forward. Text is dropped to the unconditional context with
+probability `cfg_dropout`, so the teacher supports CFG (the real score of DMD).
 Training timesteps: u ~ U(0, 1) warped by `timestep_shift` (more time at high noise).
+
+Data: `synthetic` encodes toy-domain clips once with the frozen VAE and trains the toy text
+encoder jointly (dropped text = the empty caption); `latents` reads precomputed shards
+(`python -m trainer.prepare latents`) with their frozen text embeddings, trains the
+transformer only, and drops text to `uncond_file`'s context (zeros when not given).
 """
 
 from __future__ import annotations
@@ -24,20 +29,19 @@ from asd_core.vae import LatentCodec
 
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema
-from .data import encode_pool, rank_indices
+from .common import (
+    SAMPLE_COUNT,
+    TEACHER_SAMPLE_CFG,
+    TEACHER_SAMPLE_PLAN,
+    TEXT_ENCODER_FILE,
+    resolve_model_file,
+    sample_codec,
+    vae_source,
+    write_sample_videos,
+)
+from .data import VAE_METADATA, LatentShards, encode_pool, rank_indices, read_uncond
 
 TEACHER_PLAN = "50"  # the teacher's many-step plan, written into its checkpoint
-TEXT_ENCODER_FILE = "text_encoder.safetensors"
-
-
-def resolve_model_file(path: str) -> Path:
-    """A run directory (its exported model.safetensors) or a file."""
-    candidate = Path(path)
-    if candidate.is_dir():
-        candidate = candidate / "model.safetensors"
-    if not candidate.is_file():
-        raise ValueError(f"{path!r}: no such file or run directory with a model.safetensors (run that stage first)")
-    return candidate
 
 
 class TeacherStage(Stage):
@@ -45,36 +49,62 @@ class TeacherStage(Stage):
 
     def __init__(self, config, runtime):
         super().__init__(config, runtime)
-        if config.data != "synthetic":
-            raise ValueError("this release trains the teacher on the synthetic toy domain only (data=synthetic); "
-                             "latent shards are the next milestone")
-        if not config.vae:
-            raise ValueError("the teacher needs vae=RUN_DIR_OR_FILE (the vae stage's output) to encode its clips")
         torch.manual_seed(config.seed)
-        self.codec = LatentCodec.load(resolve_model_file(config.vae), device=runtime.device)
-        frames = config.num_frames or 9
-        pixel_frames = (frames - 1) * 4 + 1
-        height, width = (config.latent_height or 8) * 8, (config.latent_width or 8) * 8
-        self.pool, self.captions = encode_pool(self.codec, config.pool_size, pixel_frames, height, width)
+        self.codec = self.shards = self.text_encoder = None
+        if config.data == "latents":
+            self.shards = LatentShards(config.latent_dir)
+            self.frames, self.height, self.width = (config.num_frames or self.shards.latent_shape[1],
+                                                    config.latent_height or self.shards.latent_shape[2],
+                                                    config.latent_width or self.shards.latent_shape[3])
+        else:
+            if not config.vae:
+                raise ValueError("the teacher needs vae=RUN_DIR_OR_FILE (the vae stage's output) to encode its clips")
+            self.codec = LatentCodec.load(resolve_model_file(config.vae), device=runtime.device)
+            self.frames = config.num_frames or 9
+            self.height, self.width = config.latent_height or 8, config.latent_width or 8
+            self.pool, self.captions = encode_pool(self.codec, config.pool_size, (self.frames - 1) * 4 + 1,
+                                                   self.height * 8, self.width * 8)
 
-        values = {**toy_model_config().__dict__, **config.model, "chunk_frames": max(frames, 1)}
+        values = {**toy_model_config().__dict__, **config.model, "chunk_frames": max(self.frames, 1)}
         self.model_config = CausalWanConfig.from_dict(values)
         self.model = CausalWanTransformer(self.model_config).to(runtime.device)
-        self.text_encoder = ToyTextEncoder(ToyTextConfig(width=self.model_config.text_dim,
-                                                         **config.text_encoder)).to(runtime.device)
+        self.model.gradient_checkpointing = config.gradient_checkpointing
+        groups = [{"params": self.model.parameters(), "lr": config.lr}]
+        if self.shards is not None:
+            self.shards.check_fits(channels=self.model_config.in_channels, text_dim=self.model_config.text_dim,
+                                   frames=self.frames, height=self.height, width=self.width)
+            self.uncond = read_uncond(config.uncond_file, *self.shards.context_shape).to(runtime.device)
+        else:
+            self.text_encoder = ToyTextEncoder(ToyTextConfig(width=self.model_config.text_dim,
+                                                             **config.text_encoder)).to(runtime.device)
+            groups.append({"params": self.text_encoder.parameters(), "lr": config.text_lr})
         for module in (self.model, self.text_encoder):
-            dist.broadcast_module(module, runtime)
+            if module is not None:
+                dist.broadcast_module(module, runtime)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": self.model.parameters(), "lr": config.lr},
-             {"params": self.text_encoder.parameters(), "lr": config.text_lr}],
-            betas=tuple(config.betas), weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas), weight_decay=config.weight_decay)
         warmup = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+        self.vae = self._vae_path()
+        self.sample_codec = self.codec if config.sample_every else None
+        if self.shards is not None:
+            self.sample_codec = sample_codec(
+                config, given=config.vae, recorded=self.shards.metadata.get(VAE_METADATA, ""),
+                channels=self.model_config.in_channels, device=runtime.device, is_main=runtime.is_main,
+                hint="set vae=THE_VAE_THE_SHARDS_WERE_ENCODED_WITH")
+
+    def _vae_path(self) -> str:
+        """The VAE this teacher's latents belong to, recorded in run.json for the students' samples."""
+        if self.shards is None:
+            return str(resolve_model_file(self.config.vae).resolve())
+        if self.config.vae:
+            return str(Path(vae_source(self.config.vae)).resolve())
+        return self.shards.metadata.get(VAE_METADATA, "")
 
     def modules(self):
-        return {"model": self.model, "ema": self.ema, "text_encoder": self.text_encoder}
+        networks = {"model": self.model, "ema": self.ema}
+        return networks if self.text_encoder is None else {**networks, "text_encoder": self.text_encoder}
 
     def optimizers(self):
         return {"teacher": self.optimizer}
@@ -83,31 +113,62 @@ class TeacherStage(Stage):
         return {"teacher": self.scheduler}
 
     def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": TEACHER_PLAN}
+        return {"model_config": self.model_config.to_json(), "plan": TEACHER_PLAN, "vae": self.vae}
+
+    def batch(self, indices: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents (B, C, F, H, W) and text contexts (B, L, D), each text dropped with p = cfg_dropout."""
+        c, device = self.config, self.runtime.device
+        drop = [bool(torch.rand((), generator=generator) < c.cfg_dropout) for _ in indices]
+        if self.shards is None:
+            x0 = self.pool[indices].to(device)
+            texts = ["" if dropped else self.captions[i] for i, dropped in zip(indices, drop)]
+            return x0, self.text_encoder.encode(texts)
+        x0, context = self.shards.read(indices)
+        context = context.to(device)
+        context[torch.tensor(drop, device=device)] = self.uncond
+        return x0.to(device), context
 
     def train_step(self, step: int) -> StepResult:
         c, rt = self.config, self.runtime
         generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, step))
-        indices = rank_indices(step, c.batch_size, rt.rank, rt.world_size, pool=len(self.pool))
-        x0 = self.pool[indices].to(rt.device)
-        texts = [self.captions[i] if torch.rand((), generator=generator) >= c.cfg_dropout else "" for i in indices]
+        pool = len(self.pool) if self.shards is None else len(self.shards)
+        indices = rank_indices(step, c.batch_size, rt.rank, rt.world_size, pool=pool)
+        x0, context = self.batch(indices, generator)
         u = torch.rand(len(indices), generator=generator)
         sigma = torch.tensor([warp_sigma(float(v), c.timestep_shift) for v in u])
         noise = torch.randn(x0.shape, generator=generator).to(rt.device)
         x_t = add_noise(x0, noise, sigma.to(rt.device))
-        context = self.text_encoder.encode(texts)
         pred = self.model(x_t, (sigma * 1000).to(rt.device), context)
         loss = flow_matching_loss(pred, x0, noise)
-        parameters = list(self.model.parameters()) + list(self.text_encoder.parameters())
+        parameters = [p for module in (self.model, self.text_encoder) if module is not None
+                      for p in module.parameters()]
         applied, norm = apply_update(loss, parameters, self.optimizer, rt, c.grad_clip)
         if applied:
             self.scheduler.step()
             update_ema(self.ema, self.model, c.ema_decay, step, c.ema_start)
         return StepResult({"loss": loss.item(), "grad_norm": norm}, [] if applied else ["teacher"])
 
+    @torch.no_grad()
+    def write_samples(self, step: int, directory: Path) -> list[Path]:
+        """The EMA teacher at a short plan with CFG, on the first training prompts (fixed seeds)."""
+        if self.sample_codec is None:
+            return []
+        count = SAMPLE_COUNT
+        if self.shards is None:
+            context = self.text_encoder.encode(self.captions[:count])
+            uncond = self.text_encoder.encode([""])
+        else:
+            context = self.shards.read([i % len(self.shards) for i in range(count)])[1]
+            uncond = self.uncond
+        return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=TEACHER_SAMPLE_PLAN,
+                                   context=context, uncond=uncond, cfg_scale=TEACHER_SAMPLE_CFG,
+                                   frames=self.frames, height=self.height, width=self.width,
+                                   bf16=self.config.precision == "bf16")
+
     def export(self, path: Path) -> Path:
-        """EMA teacher as our checkpoint (config + plan), its text encoder beside it."""
+        """EMA teacher as our checkpoint (config + plan); the toy text encoder beside it when trained."""
         save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=TEACHER_PLAN,
                         extra={"asd.role": "teacher"})
-        self.text_encoder.save(path.parent / TEXT_ENCODER_FILE)
+        if self.text_encoder is not None:
+            self.text_encoder.save(path.parent / TEXT_ENCODER_FILE)
         return path
