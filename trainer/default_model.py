@@ -30,7 +30,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 
 # (run name, config file, overrides); {runs} is the runs folder. The sizes that differ from the
 # config files are the CPU budget of the shipped default (docs/default_model.md has the logs).
-DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=800", "gen_update_ratio=2",
+DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=1000", "gen_update_ratio=2",
            "lr_generator=5e-5", "lr_critic=5e-5", "lr_discriminator=5e-5", "ema_start=100", "save_every=50"]
 STAGES = [
     # 5-frame clips (1 + 4: one causal step of the VAE's temporal compression) halve the step time.
@@ -39,7 +39,7 @@ STAGES = [
     # so it can run beside the teacher and ode_init; the shipped VAE is this one.
     ("vae_decoder", "vae.yaml", ["init={runs}/vae", "freeze_encoder=true", "clip_frames=5", "lr=2e-4",
                                  "max_steps=400", "save_every=100"]),
-    ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=6000", "pool_size=1024", "ema_start=500",
+    ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=10000", "pool_size=1024", "ema_start=500",
                                  "warmup_steps=200", "save_every=250"]),
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1500", "num_trajectories=384",
                                    "save_every=200"]),

@@ -146,21 +146,17 @@ class DistillStage(Stage):
         _, features = self.critic(x_t, t, context, return_features=self.depths)
         return features
 
-    def paired_logits(self, fake_t, t_fake, real_t, t_real, context, n, grad_features: bool):
-        """D's logits of the n-step (fake) and (n+1)-step (real) branches from one critic pass over both.
+    def paired_logits(self, fake_t, t_fake, real_t, t_real, context, n):
+        """Generator side: D's logits of the n-step (fake) and (n+1)-step (real) branches.
 
-        One batched pass instead of two: the same arithmetic per sample, half the calls.
-        grad_features: let gradients flow through the critic into the inputs (generator side);
-        the critic's own weights never get an ASD gradient (they are frozen by the caller or
-        the features are computed without a graph).
+        One batched critic pass over both branches (the same arithmetic per sample, half the
+        calls). Gradients flow through the critic into the n-step input; the critic and D are
+        frozen by the caller, so neither gets an ASD gradient here.
         """
         x = torch.cat([fake_t, real_t])
         t = torch.cat([t_fake, t_real])
-        context = torch.cat([context, context])
-        with torch.set_grad_enabled(grad_features and torch.is_grad_enabled()):
-            features = self.critic_features(x, t, context)
-        logits = self.discriminator(features, n)
-        return logits.chunk(2), (x, t, context)
+        features = self.critic_features(x, t, torch.cat([context, context]))
+        return self.discriminator(features, n).chunk(2)
 
     # -- one iteration ----------------------------------------------------------------------
 
@@ -198,8 +194,7 @@ class DistillStage(Stage):
             if use_asd:
                 fake_t, t_fake, _, _ = self.noised(video, generator)  # gradient flows through to the n-step output
                 real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator)
-                (d_fake, d_real), _ = self.paired_logits(fake_t, t_fake, real_t, t_real, context, n,
-                                                         grad_features=True)
+                d_fake, d_real = self.paired_logits(fake_t, t_fake, real_t, t_real, context, n)
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
                 loss = loss + c.asd_weight * g_loss
@@ -214,10 +209,20 @@ class DistillStage(Stage):
             else:
                 skipped.append("generator")
 
-        # Critic (fake score): flow matching on the generator's current samples.
+        # Critic (fake score): flow matching on the generator's current samples. With ASD the same
+        # forward also gives D the n-step branch's features (that branch is exactly the critic's
+        # input: the n-step output at a fresh noise level), so D costs one critic pass fewer.
         sample = video.detach()
         x_t, t, _, critic_noise = self.noised(sample, generator)
-        critic_loss = flow_matching_loss(self.critic(x_t, t, context), sample, critic_noise)
+        if use_asd:
+            prediction, features = self.critic(x_t, t, context, return_features=self.depths)
+            fake_branch = (x_t, t, [f.detach() for f in features])
+            real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator)
+            with torch.no_grad():  # before the critic update, like the fake branch
+                real_branch = (real_t, t_real, self.critic_features(real_t, t_real, context))
+        else:
+            prediction = self.critic(x_t, t, context)
+        critic_loss = flow_matching_loss(prediction, sample, critic_noise)
         logs["critic_loss"] = critic_loss.item()
         applied, norm = apply_update(critic_loss, list(self.critic.parameters()), self.opt_critic, rt, c.grad_clip)
         logs["grad_norm/critic"] = norm
@@ -227,25 +232,28 @@ class DistillStage(Stage):
             skipped.append("critic")
 
         if use_asd:
-            skipped += self.discriminator_step(step, sample, rollout.next_video.detach(), context, n, generator, logs)
+            skipped += self.discriminator_step(step, fake_branch, real_branch, context, n, generator, logs)
         return StepResult(logs, skipped)
 
-    def discriminator_step(self, step, fake, real, context, n, generator, logs) -> list[str]:
+    def discriminator_step(self, step, fake_branch, real_branch, context, n, generator, logs) -> list[str]:
         """Relativistic loss ranking the (n+1)-step sample above the n-step one, plus approx R1/R2.
+
+        Each branch is (noised input, timesteps, critic features at D's depths), the features
+        taken without a graph: D's parameters get the gradient, never the critic.
 
         R1 (on the (n+1)-step branch) and R2 (on the n-step one) are finite differences of D's
         logits under a small input perturbation, taken every `r1_every` D steps with their weight
         scaled by r1_every (lazy regularisation, as StyleGAN2): same expected penalty, less compute.
         """
         c, rt = self.config, self.runtime
-        batch = fake.shape[0]
-        fake_t, t_fake, _, _ = self.noised(fake, generator)
-        real_t, t_real, _, _ = self.noised(real, generator)
-        (d_fake, d_real), (x, t, both_context) = self.paired_logits(fake_t, t_fake, real_t, t_real, context, n,
-                                                                    grad_features=False)
+        (fake_t, t_fake, fake_features), (real_t, t_real, real_features) = fake_branch, real_branch
+        batch = fake_t.shape[0]
+        features = [torch.cat(pair) for pair in zip(fake_features, real_features)]
+        d_fake, d_real = self.discriminator(features, n).chunk(2)
         loss = asd_discriminator_loss(d_fake, d_real)
         logs["logit_gap"] = (d_real - d_fake).mean().item()
         if c.r1_weight > 0 and step % c.r1_every == 0:
+            x, t, both_context = torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real]), torch.cat([context, context])
             eps = noise_like(x.shape, generator, x.device)
             with torch.no_grad():  # D's parameters get the gradient, not the critic
                 features = self.critic_features(x + c.r1_sigma * eps, t, both_context)
