@@ -162,3 +162,19 @@ def test_real_size_config_builds_on_the_meta_device():
 def test_step_seeds_differ_per_rank_and_step():
     seeds = {loop.step_seed(0, rank, step) for rank in range(4) for step in range(100)}
     assert len(seeds) == 400
+
+
+def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
+    from trainer.log_figures import main as log_figures
+
+    out = tmp_path / "vae"
+    assert train("vae.yaml", out, "max_steps=4", "batch_size=1", "clip_frames=5", "stats_clips=2", "tensorboard=true",
+                 "log_every=1", *TINY_VIDEO) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["sec_per_step"] > 0
+    capsys.readouterr()
+    assert log_figures([str(out)]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[4].strip() for row in rows] == ["loss", "l1", "mse"]
+    losses = [float(x) for x in (rows[0][5], rows[0][6])]
+    assert all(x > 0 for x in losses) and float(rows[0][3]) == pytest.approx(summary["sec_per_step"], rel=0.01)

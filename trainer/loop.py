@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from asd_core.atomic import atomic_path
+
 from . import dist
 from .config import RunConfig, to_dict
 from .logs import RunLogger
@@ -25,6 +27,7 @@ from .state import Checkpointer
 CHECKPOINTS = "checkpoints"
 FINAL_MODEL = "model.safetensors"
 RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"  # the last run's summary line (a resumed run: that part only)
 
 
 class NonFiniteAbort(RuntimeError):
@@ -234,4 +237,7 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
     }
     logger.summary(summary)
     logger.close()
+    if runtime.is_main:  # kept beside run.json for `python -m trainer.log_figures` (the figures of docs/)
+        with atomic_path(out_dir / SUMMARY_FILE, suffix=".tmp") as temp:
+            Path(temp).write_text(json.dumps(summary, indent=1))
     return summary
