@@ -203,10 +203,12 @@ class DistillStage(Stage):
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
                 loss = loss + c.asd_weight * g_loss
-            self.critic.requires_grad_(True)
-            self.discriminator.requires_grad_(True)
             logs["generator_loss"] = loss.item()
             applied, norm = apply_update(loss, list(self.generator.parameters()), self.opt_generator, rt, c.grad_clip)
+            # Unfrozen only after backward: gradient checkpointing recomputes the critic's blocks in
+            # backward and must see the same requires_grad as the forward did (else it fails).
+            self.critic.requires_grad_(True)
+            self.discriminator.requires_grad_(True)
             logs["grad_norm/generator"] = norm
             if applied:
                 self.sched["generator"].step()
