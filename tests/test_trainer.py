@@ -145,9 +145,18 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(vae_run, tmp_path):
     assert not torch.equal(state[key], other[key])  # the matmuls really ran in bf16
 
 
-def test_unimplemented_fsdp_is_refused_with_the_way_out(capsys):
-    assert main([str(CONFIGS / "toy" / "vae.yaml"), "parallel=fsdp"]) == 2
-    assert "use parallel=ddp" in capsys.readouterr().err
+def test_unknown_parallel_mode_is_refused_with_the_choices(capsys):
+    assert main([str(CONFIGS / "toy" / "vae.yaml"), "parallel=zero3"]) == 2
+    assert "parallel must be ddp (replicated weights) or fsdp (sharded weights), got 'zero3'" in capsys.readouterr().err
+
+
+def test_fsdp_in_one_process_trains_as_ddp(vae_run, tmp_path):
+    """One process has nothing to shard: parallel=fsdp runs the ddp code path, same weights."""
+    runs = {mode: tmp_path / mode for mode in ("ddp", "fsdp")}
+    for mode, out in runs.items():
+        assert train("teacher.yaml", out, *teacher_args(vae_run, 1), f"parallel={mode}") == 0
+    a, b = (safetensors.torch.load_file(out / "model.safetensors") for out in runs.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_real_size_config_builds_on_the_meta_device():

@@ -6,13 +6,16 @@ subprocesses these tests launch and the torchrun worker of test_trainer_students
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
 
@@ -107,6 +110,107 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     assert not list(directory.glob(".tmp-*")) and checkpointer.latest().name == "step_00000003"
 
 
+# -- parallel=fsdp: 2 gloo processes, the teacher stage on a tiny model -----------------------
+
+TINY_TEACHER = ["progress=false", "tensorboard=false", "batch_size=1", "pool_size=4", "num_frames=3", "save_every=2",
+                "ema_start=100", "latent_height=4", "latent_width=4", "model.num_layers=2",
+                "model.num_attention_heads=1", "model.attention_head_dim=32", "model.ffn_dim=64", "model.freq_dim=32"]
+BLOCK_KEY = "blocks.0.attn1.to_q.weight"  # (32, 32): 16 rows per rank when sharded
+
+
+def torchrun(out_dir: Path, vae: Path, *words: str) -> None:
+    """A 2-process teacher run of the `shards` worker (each rank saves what it holds)."""
+    args = [str(ROOT / "trainer" / "configs" / "toy" / "teacher.yaml"), f"out_dir={out_dir}", f"vae={vae}",
+            *TINY_TEACHER, *words]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(HERE), "shards", *args], env=env, capture_output=True, text=True, timeout=180,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def checkpoint_tensors(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(run / "checkpoints" / f"step_{step:08d}" / "tensors.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory):
+    """The tiny VAE file and a 4-step parallel=fsdp teacher run (checkpoints at steps 2 and 4)."""
+    from asd_core.vae import LatentCodec
+
+    root = tmp_path_factory.mktemp("fsdp")
+    vae = root / "vae.safetensors"
+    LatentCodec.tiny_random(seed=0).save(vae)
+    torchrun(root / "fsdp", vae, "max_steps=4", "parallel=fsdp")
+    return root, vae
+
+
+def test_fsdp_shards_the_teacher_and_gathers_full_checkpoints(fsdp_runs, tmp_path):
+    """Each rank holds half of every block weight; the checkpoint is the two halves put together; the
+    replicated text encoder is the same on both ranks; export writes the layout ddp writes."""
+    from asd_core.checkpoint import load_model, read_checkpoint
+    from trainer.cli import main
+    from trainer.config import load_config
+    from trainer.dist import Runtime
+    from trainer.stages import build_stage
+
+    root, vae = fsdp_runs
+    run = root / "fsdp"
+    ranks = [safetensors.torch.load_file(str(run / f"rank{r}.safetensors")) for r in (0, 1)]
+    full = checkpoint_tensors(run, 4)
+    assert ranks[0][f"model/{BLOCK_KEY}"].shape == ranks[1][f"ema/{BLOCK_KEY}"].shape == (16, 32)
+    for key in ranks[0]:
+        if key.startswith("text_encoder/"):
+            assert torch.equal(ranks[0][key], ranks[1][key]) and torch.equal(ranks[0][key], full[f"model/{key}"])
+        else:
+            assert torch.equal(torch.cat([ranks[0][key], ranks[1][key]]), full[f"model/{key}"]), key
+
+    out = tmp_path / "teacher.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    exported = safetensors.torch.load_file(str(out))
+    assert exported.keys() == {k[len("model/ema/"):] for k in full if k.startswith("model/ema/")}
+    assert all(torch.equal(v, full[f"model/ema/{k}"]) and torch.isfinite(v).all() for k, v in exported.items())
+    model = load_model(out)
+    assert read_checkpoint(out).plan == "50" and model.config.num_layers == 2
+    for index, (name, _) in enumerate(model.named_parameters()):  # Adam moments gathered full, torch's numbering
+        assert full[f"optim/teacher/{index}/exp_avg"].shape == full[f"model/model/{name}"].shape, name
+    config = load_config(ROOT / "trainer" / "configs" / "toy" / "teacher.yaml",
+                         [f"out_dir={tmp_path / 'init'}", f"vae={vae}", *TINY_TEACHER])
+    with torch.random.fork_rng(devices=[]):
+        init = build_stage(config, Runtime()).model.state_dict()  # rank 0's initial weights (the ones broadcast)
+    assert exported.keys() == init.keys() and not torch.equal(exported[BLOCK_KEY], init[BLOCK_KEY])
+
+
+def test_fsdp_matches_ddp_to_float_rounding(fsdp_runs):
+    """Same run under ddp: FSDP's reduce-scatter and the global-norm clip compute what the all-reduce
+    does, up to the order of float sums (exact equality is not expected: the reductions differ)."""
+    root, vae = fsdp_runs
+    torchrun(root / "ddp", vae, "max_steps=4", "parallel=ddp")
+    fsdp, ddp = checkpoint_tensors(root / "fsdp", 4), checkpoint_tensors(root / "ddp", 4)
+    assert fsdp.keys() == ddp.keys()
+    state_fsdp = json.loads((root / "fsdp" / "checkpoints" / "step_00000004" / "state.json").read_text())
+    state_ddp = json.loads((root / "ddp" / "checkpoints" / "step_00000004" / "state.json").read_text())
+    assert state_fsdp["optimizers"] == state_ddp["optimizers"]  # same param groups, indices, scalars
+    for key in fsdp:
+        if key.startswith(("model/", "optim/")):
+            torch.testing.assert_close(fsdp[key], ddp[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_fsdp_resume_is_exact(fsdp_runs):
+    """Resuming the step-2 checkpoint to step 4 == 4 steps in one go, bit for bit (sharded weights, Adam moments).
+
+    The step-2 checkpoint is the straight run's own: a run stopped at step 2 writes the same file
+    (the same save, the same state), and one torchrun fewer keeps this test short.
+    """
+    root, vae = fsdp_runs
+    split = root / "split"
+    shutil.copytree(root / "fsdp" / "checkpoints" / "step_00000002", split / "checkpoints" / "step_00000002")
+    torchrun(split, vae, "max_steps=4", "parallel=fsdp", "--resume")
+    a, b = checkpoint_tensors(root / "fsdp", 4), checkpoint_tensors(split, 4)
+    # The global numpy RNG is never seeded (nothing draws from it); each process starts it afresh.
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "rng/numpy")
+
+
 # -- subprocess bodies ----------------------------------------------------------------------
 
 
@@ -170,6 +274,29 @@ def _ddp(argv: list[str]) -> None:
     safetensors.torch.save_file(state, str(Path(config.out_dir) / f"rank{rank}.safetensors"))
 
 
+def _shards(argv: list[str]) -> None:
+    """torchrun worker: any run; each rank saves what it holds: its own shard of sharded networks."""
+    from trainer import dist
+    from trainer.config import load_config
+    from trainer.loop import run_training
+    from trainer.stages import build_stage
+
+    rank = int(os.environ["RANK"])
+    resume = "--resume" in argv
+    words = [w for w in argv if w != "--resume"]
+    stages = []
+
+    def factory(config, runtime):
+        stages.append(build_stage(config, runtime))
+        return stages[-1]
+
+    config = load_config(words[0], words[1:])
+    run_training(config, resume=resume, stage_factory=factory)
+    state = {f"{name}/{k}": dist.local(v).contiguous() for name, m in stages[0].modules().items()
+             for k, v in m.state_dict().items()}
+    safetensors.torch.save_file(state, str(Path(config.out_dir) / f"rank{rank}.safetensors"))
+
+
 if __name__ == "__main__":
     kind, rest = sys.argv[1], sys.argv[2:]
     if kind == "tiny":
@@ -178,3 +305,5 @@ if __name__ == "__main__":
         _kill9(*rest)
     if kind == "ddp":
         _ddp(rest)
+    if kind == "shards":
+        _shards(rest)

@@ -16,6 +16,8 @@ import yaml
 
 from asd_core.config import CausalWanConfig
 
+PARALLEL_MODES = ("ddp", "fsdp")
+
 
 @dataclass
 class RunConfig:
@@ -28,7 +30,7 @@ class RunConfig:
     batch_size: int = 4  # per process
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: str = "fp32"  # fp32 | bf16 (autocast; master weights and optimizer stay fp32)
-    parallel: str = "ddp"  # ddp: replicated weights, averaged gradients (the only mode implemented so far)
+    parallel: str = "ddp"  # ddp: replicated weights, averaged gradients; fsdp: trained transformers sharded per block (FSDP2)
     gradient_checkpointing: bool = False  # recompute block activations in backward (real size)
     grad_clip: float = 10.0  # max global grad norm; 0 = off
     ema_decay: float = 0.99
@@ -246,11 +248,8 @@ def validate(config: RunConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {config.precision!r}")
-    if config.parallel == "fsdp":
-        raise ValueError("parallel=fsdp (sharded weights) is not implemented yet: use parallel=ddp; at 1.3B the "
-                         "distill stage's generator + critic + teacher then need a GPU with >= 80 GB per process")
-    if config.parallel != "ddp":
-        raise ValueError(f"parallel must be ddp, got {config.parallel!r}")
+    if config.parallel not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be ddp (replicated weights) or fsdp (sharded weights), got {config.parallel!r}")
     if not 0 <= config.ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
     if isinstance(config, TeacherConfig):

@@ -52,13 +52,19 @@ def apply_update(loss: torch.Tensor, parameters: list, optimizer: torch.optim.Op
     """Backward, average gradients over ranks, clip, step; skip (zero grads) when anything is non-finite.
 
     Returns (applied, grad_norm). All ranks agree on skipping, so weights stay identical.
+    Sharded (FSDP) parameters get their gradients averaged by FSDP in backward; only the
+    replicated ones go through `dist.average_gradients`. The norm is always the global one.
     """
     optimizer.zero_grad(set_to_none=True)
     if dist.any_rank(not bool(torch.isfinite(loss.detach()).all()), runtime):
         return False, float("nan")
     loss.backward()
     dist.average_gradients(parameters, runtime)
-    norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else float("inf"))
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    if any(dist.is_sharded(p) for p in parameters):
+        norm = clip_sharded_grad_norm_(parameters, max_norm)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
     if not bool(torch.isfinite(norm)):
         optimizer.zero_grad(set_to_none=True)
         return False, float("nan")
@@ -67,12 +73,40 @@ def apply_update(loss: torch.Tensor, parameters: list, optimizer: torch.optim.Op
     return True, float(norm)
 
 
+def clip_sharded_grad_norm_(parameters: list, max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` over a mix of sharded (DTensor) and replicated parameters; returns the global norm.
+
+    The norm of the sharded gradients is a DTensor reduced over the ranks (`full_tensor` gives
+    every rank the same value); the replicated gradients are identical on every rank after
+    averaging, so their norm is added once, not summed over ranks. torch's clip cannot take
+    both kinds in one list (it stacks per-tensor norms), hence two groups scaled by one norm.
+    """
+    groups = [[p for p in parameters if p.grad is not None and dist.is_sharded(p)],
+              [p for p in parameters if p.grad is not None and not dist.is_sharded(p)]]
+    norms = []
+    for group in groups:
+        if group:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group])
+            norms.append(norm.full_tensor() if dist.is_sharded(norm) else norm)
+    total = torch.nn.utils.get_total_norm(norms)
+    for group in groups:
+        if group:
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int, start: int) -> None:
-    """EMA of the weights; before `start` it tracks the weights exactly (Self Forcing starts at 200)."""
+    """EMA of the weights; before `start` it tracks the weights exactly (Self Forcing starts at 200).
+
+    Under fsdp the EMA is sharded exactly as the model (`dist.shard_transformer` on both), so
+    each rank averages its own shard: no communication, and the shards line up element by element.
+    """
     d = decay if step >= start else 0.0
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1 - d)
+        if dist.is_sharded(e) != dist.is_sharded(p):
+            raise RuntimeError("EMA and model must be sharded alike (shard both with dist.shard_transformer)")
+        dist.local(e).lerp_(dist.local(p).detach().to(e.dtype), 1 - d)
 
 
 def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int):
@@ -113,9 +147,11 @@ class Stage:
         raise NotImplementedError
 
     def write_samples(self, step: int, directory: Path) -> list[Path]:
+        """Sample videos; called on every rank (a sharded EMA needs all ranks for its forward), rank 0 writes."""
         return []
 
     def export(self, path: Path) -> Path:
+        """The final model file; called on every rank (gathering a sharded EMA is a collective), rank 0 writes."""
         raise NotImplementedError
 
 
@@ -141,7 +177,7 @@ def run_training(config: RunConfig, *, resume: bool = False, stage_factory=None)
     """Train one stage to `max_steps` (or until a signal); returns the summary dict."""
     from .stages import build_stage
 
-    runtime = dist.init_runtime(config.device)
+    runtime = dist.init_runtime(config.device, config.parallel)
     try:
         stage = (stage_factory or build_stage)(config, runtime)
         return _run(stage, config, runtime, resume)
@@ -173,10 +209,9 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
         (out_dir / RUN_FILE).write_text(json.dumps({"config": to_dict(config), **stage.checkpoint_extra()}, indent=2))
 
     def save(at_step: int) -> Path | None:
-        path = None
-        if runtime.is_main:
-            extra = {**stage.checkpoint_extra(), "nonfinite_run": nonfinite_run, "config": to_dict(config)}
-            path = checkpointer.save(at_step, extra=extra, **state)
+        # Every rank enters: sharded networks are gathered to rank 0 first (a collective).
+        extra = {**stage.checkpoint_extra(), "nonfinite_run": nonfinite_run, "config": to_dict(config)}
+        path = checkpointer.save(at_step, extra=extra, write=runtime.is_main, **state)
         dist.barrier(runtime)
         return path
 
@@ -188,7 +223,12 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
         while step < config.max_steps:
             t0 = time.perf_counter()
             # bf16: autocast around forward and backward; weights, optimizer states and EMA stay fp32.
-            with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            # Sharded runs turn autocast's cast cache off. It keys bf16 copies by tensor identity while
+            # FSDP swaps and re-gathers the weights between forwards; with it on, the sharded generator's
+            # block linears got no gradient on a distill generator step (bf16, 2 ranks). It would also
+            # keep a bf16 copy of every gathered weight alive for the whole step, undoing the sharding.
+            with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16",
+                                cache_enabled=not runtime.sharded):
                 result = stage.train_step(step)
             step += 1
             if result.skipped:
@@ -208,8 +248,10 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
             result.logs["sec_per_step"] = time.perf_counter() - t0
             last_logs = result.logs
             logger.log(step, result.logs, stage.optimizers())
-            if config.sample_every and step % config.sample_every == 0 and runtime.is_main:
-                logger.samples(stage.write_samples(step, out_dir / "samples"))
+            if config.sample_every and step % config.sample_every == 0:
+                written = stage.write_samples(step, out_dir / "samples")  # every rank: see Stage.write_samples
+                if runtime.is_main:
+                    logger.samples(written)
             stop = requested["signal"] is not None
             if dist.any_rank(stop, runtime):
                 stopped_by = requested["signal"] or "signal on another rank"
@@ -218,8 +260,9 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
                 save(step)
         path = save(step)
         final = None
-        if stopped_by is None and runtime.is_main:
-            final = stage.export(out_dir / FINAL_MODEL)
+        if stopped_by is None:
+            final = stage.export(out_dir / FINAL_MODEL)  # every rank: see Stage.export
+            final = final if runtime.is_main else None
         dist.barrier(runtime)
 
     elapsed = time.perf_counter() - start_time

@@ -5,6 +5,12 @@ A checkpoint is a directory `checkpoints/step_00001234/` holding `tensors.safete
 It is written into a temporary directory first and renamed into place, so a process killed
 mid-write (kill -9, power loss) leaves the previous checkpoint untouched and loadable; the
 `latest` pointer is replaced atomically after the rename. No pickle anywhere.
+
+parallel=fsdp writes the same file: sharded networks and their optimizer moments are
+gathered into full tensors on rank 0 (torch.distributed.checkpoint.state_dict with
+full_state_dict, cpu_offload) and optimizer state keeps torch's integer parameter indices.
+So an fsdp checkpoint resumes under ddp and back, and `read_module_state` / export see
+one layout. On load every rank reads the full file and keeps its own shard.
 """
 
 from __future__ import annotations
@@ -20,6 +26,14 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -51,8 +65,80 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def _optimizer_to_flat(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
+# -- full state dicts of sharded (FSDP2) and replicated networks ------------------------------
+
+GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors, on rank 0's CPU only
+SCATTER = StateDictOptions(full_state_dict=True, strict=True)  # every rank holds the full dict, keeps its shard
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def _optimizer_is_sharded(optimizer: torch.optim.Optimizer) -> bool:
+    return any(isinstance(p, DTensor) for group in optimizer.param_groups for p in group["params"])
+
+
+def network_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A network's full weights. For a sharded one this is a collective (every rank must call it):
+    rank 0 gets the gathered tensors on the CPU, the other ranks an empty dict."""
+    if not is_sharded(module):
+        return module.state_dict()
+    return get_model_state_dict(module, options=GATHER)
+
+
+def load_network_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Full weights into a network, sharded or not (strict: every key must match)."""
+    if not is_sharded(module):
+        module.load_state_dict(state, strict=True)
+        return
+    set_model_state_dict(module, state, options=SCATTER)
+
+
+def _owner(modules: dict[str, torch.nn.Module]) -> torch.nn.Module:
+    """One module holding every network: DCP names an optimizer's parameters through a module,
+    and one optimizer may span two networks (the teacher stage's model + text encoder)."""
+    return torch.nn.ModuleDict(modules)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, modules: dict[str, torch.nn.Module]) -> dict:
+    """torch's optimizer state_dict layout (integer parameter indices) for any optimizer.
+
+    Over sharded parameters the moments are gathered (a collective: every rank calls it; rank 0
+    gets full tensors, the others an empty dict). DCP names parameters by their module path;
+    the indices are restored from the order of `param_groups`, which is what torch numbers.
+    An optimizer that never stepped has no moments and is not passed to DCP, which would make
+    them by stepping it once at lr 0 (and so bump Adam's step counter).
+    """
+    if not _optimizer_is_sharded(optimizer) or not optimizer.state:
+        return optimizer.state_dict()
+    full = get_optimizer_state_dict(_owner(modules), optimizer, options=GATHER)
+    if not full:
+        return {}
+    index, groups = {}, []
+    for group in full["param_groups"]:
+        ids = []
+        for fqn in group["params"]:
+            index[fqn] = len(index)
+            ids.append(index[fqn])
+        groups.append({**group, "params": ids})
+    return {"state": {index[fqn]: slots for fqn, slots in full["state"].items()}, "param_groups": groups}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, modules: dict[str, torch.nn.Module]) -> None:
+    """The inverse of `optimizer_state`: torch's layout in, each rank keeps its shard of the moments."""
+    if not _optimizer_is_sharded(optimizer) or not state["state"]:
+        optimizer.load_state_dict(state)
+        return
+    owner = _owner(modules)
+    names = {id(p): name for name, p in owner.named_parameters()}
+    fqns = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = [{**group, "params": [fqns[i] for i in group["params"]]} for group in state["param_groups"]]
+    full = {"state": {fqns[i]: slots for i, slots in state["state"].items()}, "param_groups": groups}
+    set_optimizer_state_dict(owner, optimizer, full, options=SCATTER)
+
+
+def _optimizer_to_flat(name: str, sd: dict) -> tuple[dict, dict]:
     tensors, scalars = {}, {}
     for index, slots in sd["state"].items():
         for key, value in slots.items():
@@ -63,7 +149,7 @@ def _optimizer_to_flat(name: str, optimizer: torch.optim.Optimizer) -> tuple[dic
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_flat(name: str, optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def _optimizer_from_flat(name: str, tensors: dict, meta: dict) -> dict:
     prefix = f"optim/{name}/"
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -79,7 +165,7 @@ def _optimizer_from_flat(name: str, optimizer: torch.optim.Optimizer, tensors: d
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
         groups.append(group)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 class Checkpointer:
@@ -90,14 +176,24 @@ class Checkpointer:
         self.keep_last = keep_last
 
     def save(self, step: int, *, modules: dict, optimizers: dict, schedulers: dict,
-             generators: dict[str, torch.Generator] | None = None, extra: dict | None = None) -> Path:
+             generators: dict[str, torch.Generator] | None = None, extra: dict | None = None,
+             write: bool = True) -> Path | None:
+        """Write a checkpoint; returns its directory (None where write=False).
+
+        With sharded networks this is a collective: every rank calls it, gathering to rank 0,
+        and only the caller with write=True (rank 0) writes.
+        """
+        networks = {name: network_state(module) for name, module in modules.items()}
+        moments = {name: optimizer_state(optimizer, modules) for name, optimizer in optimizers.items()}
+        if not write:
+            return None
         tensors: dict[str, torch.Tensor] = {}
         meta: dict = {"step": int(step), "optimizers": {}, "schedulers": {}, "extra": extra or {}, "modules": sorted(modules)}
-        for name, module in modules.items():
-            for key, value in module.state_dict().items():
+        for name, state in networks.items():
+            for key, value in state.items():
                 tensors[f"model/{name}/{key}"] = value
-        for name, optimizer in optimizers.items():
-            t, m = _optimizer_to_flat(name, optimizer)
+        for name, state in moments.items():
+            t, m = _optimizer_to_flat(name, state)
             tensors.update(t)
             meta["optimizers"][name] = m
         for name, scheduler in schedulers.items():
@@ -152,7 +248,10 @@ class Checkpointer:
     @staticmethod
     def load(path: str | Path, *, modules: dict, optimizers: dict, schedulers: dict,
              generators: dict[str, torch.Generator] | None = None, restore_global_rng: bool = True) -> tuple[int, dict]:
-        """Restore everything `save` wrote into the given objects; returns (step, extra)."""
+        """Restore everything `save` wrote into the given objects; returns (step, extra).
+
+        Every rank reads the whole file; sharded networks and optimizers keep their own shard.
+        """
         path = Path(path)
         tensors = safetensors.torch.load_file(str(path / TENSORS))
         meta = json.loads((path / STATE).read_text())
@@ -161,9 +260,9 @@ class Checkpointer:
             raise ValueError(f"checkpoint {path} has no network(s) {missing}; it holds {meta['modules']}")
         for name, module in modules.items():
             prefix = f"model/{name}/"
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+            load_network_state(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         for name, optimizer in optimizers.items():
-            _optimizer_from_flat(name, optimizer, tensors, meta["optimizers"][name])
+            load_optimizer_state(optimizer, _optimizer_from_flat(name, tensors, meta["optimizers"][name]), modules)
         for name, scheduler in schedulers.items():
             scheduler.load_state_dict(meta["schedulers"][name])
         for name, generator in (generators or {}).items():

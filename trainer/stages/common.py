@@ -196,11 +196,13 @@ def sample_format(height: int, width: int) -> tuple[str, float]:
 @torch.no_grad()
 def write_sample_videos(model, codec: LatentCodec, directory: Path, step: int, *, plan: str, context: torch.Tensor,
                         frames: int, height: int, width: int, uncond: torch.Tensor | None = None,
-                        cfg_scale: float = 1.0, bf16: bool = False) -> list[Path]:
+                        cfg_scale: float = 1.0, bf16: bool = False, write: bool = True) -> list[Path]:
     """One video per row of `context` (seed = row), sampled with the causal sampler, decoded, written.
 
     Files: directory/step_XXXXXXX_k.gif (or .mp4). The model's KV cache is freed afterwards:
     the training step needs that memory more than the next sample call needs the speed.
+    write=False samples only (returns []): the other ranks of a sharded model, whose forward
+    passes need every rank, leave decoding and writing to rank 0.
     """
     from asd_core.sampler import sample_video
     from asd_core.video_io import write_video
@@ -216,6 +218,8 @@ def write_sample_videos(model, codec: LatentCodec, directory: Path, step: int, *
                 chunks.append(chunk.float())
     finally:
         model._reusable_kv_cache = None  # the sampler keeps its cache on the model between videos
+    if not write:
+        return []
     with codec.decode_stream() as stream:
         pixels = torch.cat([stream.push(chunk).cpu() for chunk in chunks], dim=2)
     suffix, fps = sample_format(height * SPATIAL_FACTOR, width * SPATIAL_FACTOR)

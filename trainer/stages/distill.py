@@ -40,6 +40,7 @@ from asd_core.losses import (
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
 from ..rollout import guided_flow, noise_like, self_forcing_rollout
+from ..state import network_state
 from .common import (
     SAMPLE_COUNT,
     TEXT_ENCODER_FILE,
@@ -98,6 +99,12 @@ class DistillStage(Stage):
         for module in (self.generator, self.critic, self.discriminator):
             dist.broadcast_module(module, runtime)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+        # fsdp: generator, its EMA (sharded alike) and critic are sharded per block. The frozen
+        # teacher stays replicated: no gradients or moments (a quarter of a trained network's
+        # memory) and its CFG passes, two per generator update, then need no all-gathers.
+        # The discriminator is a small head: replicated, its gradients averaged as under ddp.
+        for module in (self.generator, self.ema, self.critic):
+            dist.shard_transformer(module, runtime)
 
         def adamw(module, lr):
             return torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
@@ -198,10 +205,12 @@ class DistillStage(Stage):
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
                 loss = loss + c.asd_weight * g_loss
-            self.critic.requires_grad_(True)
-            self.discriminator.requires_grad_(True)
             logs["generator_loss"] = loss.item()
             applied, norm = apply_update(loss, list(self.generator.parameters()), self.opt_generator, rt, c.grad_clip)
+            # Unfrozen only after backward: gradient checkpointing recomputes the critic's blocks in
+            # backward and must see the same requires_grad as the forward did (else it fails).
+            self.critic.requires_grad_(True)
+            self.discriminator.requires_grad_(True)
             logs["grad_norm/generator"] = norm
             if applied:
                 self.sched["generator"].step()
@@ -273,15 +282,19 @@ class DistillStage(Stage):
 
     def write_samples(self, step: int, directory: Path) -> list[Path]:
         """The EMA generator at the plan it is exported with, on the first prompts (fixed seeds), no CFG."""
-        if self.sample_codec is None:
+        if self.sample_codec is None or not (self.runtime.is_main or self.runtime.sharded):
             return []
         return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=self.export_plan(),
                                    context=self.prompts.contexts(list(range(SAMPLE_COUNT))), frames=self.frames,
-                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16")
+                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16",
+                                   write=self.runtime.is_main)
 
     def export(self, path: Path) -> Path:
         """The EMA generator with its config and plan: the file the loader node reads."""
-        save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=self.export_plan(),
+        weights = network_state(self.ema)  # a collective when sharded
+        if not self.runtime.is_main:
+            return path
+        save_checkpoint(path, weights, self.model_config, plan=self.export_plan(),
                         extra={"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight)})
         if self.prompts.encoder is not None:
             self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)

@@ -24,6 +24,7 @@ from asd_core.checkpoint import save_checkpoint
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
 from ..rollout import noise_like, predict_x0, teacher_trajectory
+from ..state import network_state
 from .common import (
     SAMPLE_COUNT,
     TEXT_ENCODER_FILE,
@@ -60,6 +61,10 @@ class OdeInitStage(Stage):
         self.model_config = self.model.config
         dist.broadcast_module(self.model, runtime)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        # fsdp: student and EMA sharded alike. The frozen teacher stays replicated: it only makes
+        # the trajectories, per rank, before training, and is never part of an update.
+        for module in (self.model, self.ema):
+            dist.shard_transformer(module, runtime)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
         self.scheduler = warmup_scheduler(self.optimizer, config.warmup_steps)
@@ -147,15 +152,18 @@ class OdeInitStage(Stage):
 
     def write_samples(self, step: int, directory: Path) -> list[Path]:
         """The EMA student at its plan on the first prompts (fixed seeds), no CFG: what export ships."""
-        if self.sample_codec is None:
+        if self.sample_codec is None or not (self.runtime.is_main or self.runtime.sharded):
             return []
         return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=self.config.plan,
                                    context=self.prompts.contexts(list(range(SAMPLE_COUNT))), frames=self.frames,
-                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16")
+                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16",
+                                   write=self.runtime.is_main)
 
     def export(self, path: Path) -> Path:
-        save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=self.config.plan,
-                        extra={"asd.role": "ode_init"})
+        weights = network_state(self.ema)  # a collective when sharded
+        if not self.runtime.is_main:
+            return path
+        save_checkpoint(path, weights, self.model_config, plan=self.config.plan, extra={"asd.role": "ode_init"})
         if self.prompts.encoder is not None:
             self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
         return path

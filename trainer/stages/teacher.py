@@ -29,6 +29,7 @@ from asd_core.vae import LatentCodec
 
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema
+from ..state import network_state
 from .common import (
     SAMPLE_COUNT,
     TEACHER_SAMPLE_CFG,
@@ -69,7 +70,6 @@ class TeacherStage(Stage):
         self.model_config = CausalWanConfig.from_dict(values)
         self.model = CausalWanTransformer(self.model_config).to(runtime.device)
         self.model.gradient_checkpointing = config.gradient_checkpointing
-        groups = [{"params": self.model.parameters(), "lr": config.lr}]
         if self.shards is not None:
             self.shards.check_fits(channels=self.model_config.in_channels, text_dim=self.model_config.text_dim,
                                    frames=self.frames, height=self.height, width=self.width)
@@ -77,11 +77,16 @@ class TeacherStage(Stage):
         else:
             self.text_encoder = ToyTextEncoder(ToyTextConfig(width=self.model_config.text_dim,
                                                              **config.text_encoder)).to(runtime.device)
-            groups.append({"params": self.text_encoder.parameters(), "lr": config.text_lr})
         for module in (self.model, self.text_encoder):
             if module is not None:
                 dist.broadcast_module(module, runtime)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        # fsdp: the transformer and its EMA sharded alike; the toy text encoder (small) stays replicated.
+        for module in (self.model, self.ema):
+            dist.shard_transformer(module, runtime)
+        groups = [{"params": list(self.model.parameters()), "lr": config.lr}]
+        if self.text_encoder is not None:
+            groups.append({"params": list(self.text_encoder.parameters()), "lr": config.text_lr})
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas), weight_decay=config.weight_decay)
         warmup = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -151,7 +156,7 @@ class TeacherStage(Stage):
     @torch.no_grad()
     def write_samples(self, step: int, directory: Path) -> list[Path]:
         """The EMA teacher at a short plan with CFG, on the first training prompts (fixed seeds)."""
-        if self.sample_codec is None:
+        if self.sample_codec is None or not (self.runtime.is_main or self.runtime.sharded):
             return []
         count = SAMPLE_COUNT
         if self.shards is None:
@@ -163,12 +168,14 @@ class TeacherStage(Stage):
         return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=TEACHER_SAMPLE_PLAN,
                                    context=context, uncond=uncond, cfg_scale=TEACHER_SAMPLE_CFG,
                                    frames=self.frames, height=self.height, width=self.width,
-                                   bf16=self.config.precision == "bf16")
+                                   bf16=self.config.precision == "bf16", write=self.runtime.is_main)
 
     def export(self, path: Path) -> Path:
         """EMA teacher as our checkpoint (config + plan); the toy text encoder beside it when trained."""
-        save_checkpoint(path, self.ema.state_dict(), self.model_config, plan=TEACHER_PLAN,
-                        extra={"asd.role": "teacher"})
+        weights = network_state(self.ema)  # a collective when sharded
+        if not self.runtime.is_main:
+            return path
+        save_checkpoint(path, weights, self.model_config, plan=TEACHER_PLAN, extra={"asd.role": "teacher"})
         if self.text_encoder is not None:
             self.text_encoder.save(path.parent / TEXT_ENCODER_FILE)
         return path

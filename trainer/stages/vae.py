@@ -6,6 +6,7 @@ loss spends the model on it (after 1000 steps the shapes came back as faint blob
 colour, which every later stage and the evaluator would inherit). At export the latents'
 per-channel mean/std over fresh clips go into the VAE config, so `LatentCodec` normalises
 them to unit scale for the transformer, as the real Wan VAE's statistics do.
+The toy VAE is small and never sharded: parallel=fsdp trains it replicated, as ddp does.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class VaeStage(Stage):
 
     @torch.no_grad()
     def export(self, path: Path) -> Path:
-        """The VAE with its latent statistics measured on clips it never trained on."""
+        """The VAE with its latent statistics measured on clips it never trained on (rank 0 writes)."""
+        if not self.runtime.is_main:
+            return path
         vae = copy.deepcopy(self.vae).eval()  # the codec freezes what it wraps; keep the trained one trainable
         pixels, _ = pixel_batch(list(range(10**6, 10**6 + self.config.stats_clips)), self.config.clip_frames,
                                 self.height, self.width)
