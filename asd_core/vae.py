@@ -144,7 +144,13 @@ class LatentCodec:
         config = {k: v for k, v in json.loads(metadata["asd.vae_config"]).items() if not k.startswith("_")}
         vae = AutoencoderKLWan(**config)
         vae.load_state_dict(safetensors.torch.load_file(str(path), device="cpu"))
-        return cls(vae.to(device, dtype))
+        return cls(_place(vae, device, dtype))
+
+
+def _place(vae: AutoencoderKLWan, device, dtype: torch.dtype) -> AutoencoderKLWan:
+    """Move to the device; cast only when asked (diffusers warns on any dtype `.to()` of this VAE, even a no-op)."""
+    vae = vae.to(device)
+    return vae if dtype == torch.float32 else vae.to(dtype)
 
 
 class StreamingDecoder:
@@ -259,7 +265,7 @@ def load_codec(path: str | os.PathLike, *, device="cpu", dtype: torch.dtype = to
             f"wrong shapes {wrong_shape[:5]}"
         )
     vae.load_state_dict(state, strict=True)
-    return LatentCodec(vae.to(device, dtype))
+    return LatentCodec(_place(vae, device, dtype))
 
 
 def video_to_pixels(frames: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 
 # (run name, config file, overrides); {runs} is the runs folder. The sizes that differ from the
 # config files are the CPU budget of the shipped default (docs/default_model.md has the logs).
-DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=1000", "gen_update_ratio=2",
+DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=3000", "gen_update_ratio=2",
            "lr_generator=5e-5", "lr_critic=5e-5", "lr_discriminator=5e-5", "ema_start=100", "save_every=50"]
 STAGES = [
     # 5-frame clips (1 + 4: one causal step of the VAE's temporal compression) halve the step time.
