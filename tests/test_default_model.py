@@ -15,6 +15,8 @@ TINY_STAGES = [
     ("vae", "vae.yaml", ["max_steps=1", "batch_size=1", "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
     ("vae_decoder", "vae.yaml", ["init={runs}/vae", "freeze_encoder=true", "max_steps=1", "batch_size=1",
                                  "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
+    ("vae_decoder_long", "vae.yaml", ["init={runs}/vae_decoder", "freeze_encoder=true", "max_steps=1", "batch_size=1",
+                                      "clip_frames=9", "stats_clips=2", *TINY_VIDEO]),
     ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=2", "batch_size=2", "pool_size=4", "num_frames=6",
                                  "ema_start=0", *TINY_VIDEO, *TINY_MODEL]),
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1", "batch_size=2", "num_frames=6",

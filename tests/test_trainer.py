@@ -187,3 +187,21 @@ def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
     assert [row[4].strip() for row in rows] == ["loss", "l1", "mse"]
     losses = [float(x) for x in (rows[0][5], rows[0][6])]
     assert all(x > 0 for x in losses) and float(rows[0][3]) == pytest.approx(summary["sec_per_step"], rel=0.01)
+
+
+def test_scalars_only_some_steps_have_still_reach_tensorboard(tmp_path):
+    """The generator's losses exist on every gen_update_ratio-th step only; log_every must not hide them."""
+    from trainer.config import DistillConfig
+    from trainer.dist import Runtime
+    from trainer.log_figures import read_scalars
+    from trainer.logs import RunLogger
+
+    config = DistillConfig(out_dir=str(tmp_path), max_steps=8, log_every=4, progress=False, tensorboard=True)
+    logger = RunLogger(config, Runtime())
+    for step in range(1, 9):  # the generator's loss on odd steps only: never on a step that writes
+        logs = {"critic_loss": float(step)} | ({"generator_loss": 10.0 * step} if step % 2 == 1 else {})
+        logger.log(step, logs, {})
+    logger.close()
+    scalars = read_scalars(tmp_path)
+    assert scalars["critic_loss"].tolist() == [[4, 2.5], [8, 6.5]]  # the mean over each window
+    assert scalars["generator_loss"].tolist() == [[4, 20.0], [8, 60.0]]

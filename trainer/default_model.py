@@ -40,6 +40,11 @@ STAGES = [
     # (Shipped: 400 steps, then resumed to 1400 when the round trip still scored 0.36.)
     ("vae_decoder", "vae.yaml", ["init={runs}/vae", "freeze_encoder=true", "clip_frames=5", "lr=2e-4",
                                  "max_steps=1400", "save_every=100"]),
+    # Then 9-frame clips (3 latent frames): 5-frame clips never show the causal decoder a cache
+    # carried over from a previous chunk, and videos fell apart after their 5th frame. Still
+    # the same frozen encoder, so the teacher and students trained meanwhile stay valid.
+    ("vae_decoder_long", "vae.yaml", ["init={runs}/vae_decoder", "freeze_encoder=true", "clip_frames=9", "lr=2e-4",
+                                      "max_steps=600", "save_every=50"]),
     ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=10000", "pool_size=1024", "ema_start=500",
                                  "warmup_steps=200", "save_every=250"]),
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1500", "num_trajectories=384",
@@ -49,7 +54,7 @@ STAGES = [
     ("distill_dmd", "distill.yaml", [*DISTILL, "asd_weight=0"]),
 ]
 SHIPPED = {  # weights file -> (run, file in the run)
-    DEFAULT_FILES["vae"]: ("vae_decoder", FINAL_MODEL),
+    DEFAULT_FILES["vae"]: ("vae_decoder_long", FINAL_MODEL),
     DEFAULT_FILES["teacher"]: ("teacher", FINAL_MODEL),
     DEFAULT_FILES["text_encoder"]: ("teacher", TEXT_ENCODER_FILE),
     DEFAULT_FILES["student"]: ("distill_asd", FINAL_MODEL),

@@ -21,6 +21,7 @@ class RunLogger:
         self.active = runtime.is_main
         self.bar = None
         self.writer = None
+        self.window: dict[str, tuple[float, int]] = {}  # scalar -> (sum, count) since the last write
         if not self.active:
             return
         if config.progress:
@@ -38,9 +39,17 @@ class RunLogger:
             shown = {k: f"{v:.4g}" for k, v in logs.items() if "loss" in k or k in ("logit_gap",)}
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(1)
-        if self.writer is not None and (step % self.config.log_every == 0 or step == self.config.max_steps):
-            for key, value in logs.items():
-                self.writer.add_scalar(key, value, step)
+        if self.writer is None:
+            return
+        # Each scalar is the mean over the steps since the last write that logged it: a loss
+        # that only some steps have (the generator's, every gen_update_ratio-th) still shows.
+        for key, value in logs.items():
+            total, count = self.window.get(key, (0.0, 0))
+            self.window[key] = (total + value, count + 1)
+        if step % self.config.log_every == 0 or step == self.config.max_steps:
+            for key, (total, count) in self.window.items():
+                self.writer.add_scalar(key, total / count, step)
+            self.window = {}
             for name, optimizer in optimizers.items():
                 self.writer.add_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"], step)
 
