@@ -71,7 +71,7 @@ def test_a_stopped_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch, caps
 
 def test_shipping_an_unfinished_run_names_the_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(driver, "WEIGHTS_DIR", tmp_path / "weights")
-    with pytest.raises(SystemExit, match="finish the vae_decoder stage"):
+    with pytest.raises(SystemExit, match="finish the vae_decoder_long stage"):
         driver.ship(tmp_path / "nothing")
 
 

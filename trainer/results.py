@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="folder with the five shipped files")
     parser.add_argument("--out", default="docs", help="folder for results.json, results_table.md, results.png")
-    parser.add_argument("--rows", help="only the rows whose name starts with this (e.g. 'ASD'); with --part")
+    parser.add_argument("--rows", nargs="+", metavar="PREFIX",
+                        help="only the rows whose name starts with one of these (e.g. 'ASD' 'teacher'); with --part")
     parser.add_argument("--part", help="write this subset's figures to this JSON file instead of --out")
     parser.add_argument("--merge", nargs="+", metavar="PART", help="combine --part files into --out")
     args = parser.parse_args(argv)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         results = merge([json.loads(Path(p).read_text()) for p in args.merge], weights)
     else:
-        chosen = [name for name, _ in rows(weights) if not args.rows or name.startswith(args.rows)]
+        chosen = [name for name, _ in rows(weights) if not args.rows or name.startswith(tuple(args.rows))]
         results = run(args.num, args.seeds, weights, chosen)
         if args.part:
             with atomic_path(args.part, suffix=".tmp") as temp:
