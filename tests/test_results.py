@@ -49,3 +49,19 @@ def test_parts_merge_back_in_table_order_and_must_match(tmp_path):
         merge([first], Path("w"))
     with pytest.raises(SystemExit, match="different --num"):
         merge([first, {**second, "num": 8}], Path("w"))
+
+
+def test_a_part_with_a_new_seed_extends_every_row():
+    from trainer.results import merge
+
+    two = fake_results(seeds=(0, 1))
+    third = fake_results(seeds=(2,))
+    merged = merge([two, third], Path("w"))
+    assert merged["seeds"] == [0, 1, 2]
+    name = next(iter(merged["rows"]))
+    assert merged["rows"][name] == two["rows"][name] + third["rows"][name]
+    with pytest.raises(SystemExit, match="in two parts"):
+        merge([two, two], Path("w"))
+    partial = {**third, "rows": dict(list(third["rows"].items())[:3])}
+    with pytest.raises(SystemExit, match="other seeds"):
+        merge([two, partial], Path("w"))

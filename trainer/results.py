@@ -106,14 +106,27 @@ def write(results: dict, out: Path) -> None:
 
 
 def merge(parts: list[dict], weights: Path) -> dict:
-    """Rows evaluated in separate processes (same --num and --seeds), back in table order."""
-    if len({(p["num"], tuple(p["seeds"])) for p in parts}) != 1:
-        raise SystemExit("the parts were evaluated with different --num or --seeds: rerun them alike")
-    found = {name: per_seed for part in parts for name, per_seed in part["rows"].items()}
+    """Parts evaluated in separate processes, back in table order: rows split across parts,
+    and seeds too (a later run adding a seed to every row). Every row must end up with the
+    same seeds, and every part must have used the same --num."""
+    if len({p["num"] for p in parts}) != 1:
+        raise SystemExit("the parts were evaluated with different --num: rerun them alike")
+    found: dict[str, dict[int, dict]] = {}
+    for part in parts:
+        for name, per_seed in part["rows"].items():
+            for seed, figures in zip(part["seeds"], per_seed):
+                if seed in found.setdefault(name, {}):
+                    raise SystemExit(f"row {name!r} seed {seed} is in two parts: keep one")
+                found[name][seed] = figures
     missing = [name for name, _ in rows(weights) if name not in found]
     if missing:
         raise SystemExit(f"rows missing from the parts: {missing}")
-    return {"num": parts[0]["num"], "seeds": parts[0]["seeds"], "rows": {n: found[n] for n, _ in rows(weights)}}
+    seeds = sorted(next(iter(found.values())))
+    uneven = [name for name in found if sorted(found[name]) != seeds]
+    if uneven:
+        raise SystemExit(f"rows with other seeds than {seeds}: {uneven}; evaluate every row at the same seeds")
+    return {"num": parts[0]["num"], "seeds": seeds,
+            "rows": {n: [found[n][seed] for seed in seeds] for n, _ in rows(weights)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per workflow")
     args = parser.parse_args(argv)
-    object_info = call(args.server, "/object_info")
+    try:
+        object_info = call(args.server, "/object_info")
+    except urllib.error.URLError as error:
+        raise SystemExit(f"no ComfyUI server answers at {args.server} ({error.reason}): start one with "
+                         "`python main.py --listen 127.0.0.1 --port N` in ComfyUI's folder and pass --server") from None
     failed = 0
     for workflow in args.workflows:
         state, seconds, files = run(args.server, workflow, object_info, args.timeout)
