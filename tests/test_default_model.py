@@ -29,12 +29,7 @@ TINY_STAGES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_driver_trains_every_stage_resumes_and_ships(tmp_path, monkeypatch, capsys):

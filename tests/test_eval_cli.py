@@ -12,13 +12,7 @@ from asd_core.model import CausalWanTransformer
 from asd_core.text import ToyTextConfig, ToyTextEncoder
 from asd_core.vae import LatentCodec
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ TINY_MODEL = ["model.num_layers=1", "model.num_attention_heads=1", "model.attent
 CAPTIONS = {"red.gif": "a red circle", "blue.mp4": "a blue square moving left", "short.gif": "a green circle"}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(config: str, out_dir: Path, *overrides: str) -> int:
