@@ -128,6 +128,8 @@ def parse_plan(spec: str, shift: float | None = None) -> StepPlan:
         raise ValueError(f"empty step plan; accepted: {ACCEPTED_SPECS}")
     text = spec.strip().replace(" ", "")
     parts = [p for p in text.split(";") if p]
+    if not parts:  # only separators, e.g. ";"
+        raise ValueError(f"empty step plan {spec!r}; accepted: {ACCEPTED_SPECS}")
     head, options = parts[0], dict(_split_option(p) for p in parts[1:])
     if "=" in head:
         options = dict(_split_option(p) for p in parts)
