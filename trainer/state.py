@@ -33,7 +33,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.tensor import DTensor
+
+from . import dist
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -72,11 +73,11 @@ SCATTER = StateDictOptions(full_state_dict=True, strict=True)  # every rank hold
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in module.parameters())
+    return any(dist.is_sharded(p) for p in module.parameters())
 
 
 def _optimizer_is_sharded(optimizer: torch.optim.Optimizer) -> bool:
-    return any(isinstance(p, DTensor) for group in optimizer.param_groups for p in group["params"])
+    return any(dist.is_sharded(p) for group in optimizer.param_groups for p in group["params"])
 
 
 def network_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

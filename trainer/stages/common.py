@@ -193,34 +193,40 @@ def sample_format(height: int, width: int) -> tuple[str, float]:
     return ".mp4", 16.0
 
 
+def samples_wanted(stage) -> bool:
+    """Whether this rank samples now: a VAE to decode with, and rank 0 (every rank when the
+    model is sharded, since its forward passes need all of them)."""
+    return stage.sample_codec is not None and (stage.runtime.is_main or stage.runtime.sharded)
+
+
 @torch.no_grad()
-def write_sample_videos(model, codec: LatentCodec, directory: Path, step: int, *, plan: str, context: torch.Tensor,
-                        frames: int, height: int, width: int, uncond: torch.Tensor | None = None,
-                        cfg_scale: float = 1.0, bf16: bool = False, write: bool = True) -> list[Path]:
+def write_sample_videos(stage, model, directory: Path, step: int, *, plan: str, context: torch.Tensor,
+                        uncond: torch.Tensor | None = None, cfg_scale: float = 1.0) -> list[Path]:
     """One video per row of `context` (seed = row), sampled with the causal sampler, decoded, written.
 
-    Files: directory/step_XXXXXXX_k.gif (or .mp4). The model's KV cache is freed afterwards:
-    the training step needs that memory more than the next sample call needs the speed.
-    write=False samples only (returns []): the other ranks of a sharded model, whose forward
-    passes need every rank, leave decoding and writing to rank 0.
+    The stage gives the video size (`frames`, `height`, `width` in latents), the VAE
+    (`sample_codec`), the precision and the rank. Files: directory/step_XXXXXXX_k.gif (or
+    .mp4). The model's KV cache is freed afterwards: the training step needs that memory more
+    than the next sample call needs the speed. Ranks other than 0 (a sharded model) sample
+    only and return []: decoding and writing are rank 0's.
     """
     from asd_core.sampler import sample_video
     from asd_core.video_io import write_video
 
-    device = model.device
+    device, height, width = model.device, stage.height, stage.width
     chunks = []
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.config.precision == "bf16"):
             for chunk in sample_video(model, plan=parse_plan(plan), context=context.to(device).float(),
                                       negative_context=None if uncond is None else uncond.to(device).float(),
-                                      cfg_scale=cfg_scale, num_frames=frames, latent_height=height,
+                                      cfg_scale=cfg_scale, num_frames=stage.frames, latent_height=height,
                                       latent_width=width, seeds=list(range(context.shape[0]))):
                 chunks.append(chunk.float())
     finally:
         model._reusable_kv_cache = None  # the sampler keeps its cache on the model between videos
-    if not write:
+    if not stage.runtime.is_main:
         return []
-    with codec.decode_stream() as stream:
+    with stage.sample_codec.decode_stream() as stream:
         pixels = torch.cat([stream.push(chunk).cpu() for chunk in chunks], dim=2)
     suffix, fps = sample_format(height * SPATIAL_FACTOR, width * SPATIAL_FACTOR)
     return [write_video(directory / f"step_{step:07d}_{k}{suffix}", video, fps=fps)

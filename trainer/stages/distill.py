@@ -48,6 +48,7 @@ from .common import (
     load_network,
     model_config_of,
     sample_codec,
+    samples_wanted,
     shifted_timesteps,
     student_vae,
     training_plan,
@@ -282,12 +283,10 @@ class DistillStage(Stage):
 
     def write_samples(self, step: int, directory: Path) -> list[Path]:
         """The EMA generator at the plan it is exported with, on the first prompts (fixed seeds), no CFG."""
-        if self.sample_codec is None or not (self.runtime.is_main or self.runtime.sharded):
+        if not samples_wanted(self):
             return []
-        return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=self.export_plan(),
-                                   context=self.prompts.contexts(list(range(SAMPLE_COUNT))), frames=self.frames,
-                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16",
-                                   write=self.runtime.is_main)
+        return write_sample_videos(self, self.ema, directory, step, plan=self.export_plan(),
+                                   context=self.prompts.contexts(list(range(SAMPLE_COUNT))))
 
     def export(self, path: Path) -> Path:
         """The EMA generator with its config and plan: the file the loader node reads."""

@@ -31,6 +31,7 @@ from .common import (
     PromptSource,
     load_network,
     sample_codec,
+    samples_wanted,
     student_vae,
     training_plan,
     video_size,
@@ -152,12 +153,10 @@ class OdeInitStage(Stage):
 
     def write_samples(self, step: int, directory: Path) -> list[Path]:
         """The EMA student at its plan on the first prompts (fixed seeds), no CFG: what export ships."""
-        if self.sample_codec is None or not (self.runtime.is_main or self.runtime.sharded):
+        if not samples_wanted(self):
             return []
-        return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=self.config.plan,
-                                   context=self.prompts.contexts(list(range(SAMPLE_COUNT))), frames=self.frames,
-                                   height=self.height, width=self.width, bf16=self.config.precision == "bf16",
-                                   write=self.runtime.is_main)
+        return write_sample_videos(self, self.ema, directory, step, plan=self.config.plan,
+                                   context=self.prompts.contexts(list(range(SAMPLE_COUNT))))
 
     def export(self, path: Path) -> Path:
         weights = network_state(self.ema)  # a collective when sharded

@@ -37,6 +37,7 @@ from .common import (
     TEXT_ENCODER_FILE,
     resolve_model_file,
     sample_codec,
+    samples_wanted,
     vae_source,
     write_sample_videos,
 )
@@ -156,7 +157,7 @@ class TeacherStage(Stage):
     @torch.no_grad()
     def write_samples(self, step: int, directory: Path) -> list[Path]:
         """The EMA teacher at a short plan with CFG, on the first training prompts (fixed seeds)."""
-        if self.sample_codec is None or not (self.runtime.is_main or self.runtime.sharded):
+        if not samples_wanted(self):
             return []
         count = SAMPLE_COUNT
         if self.shards is None:
@@ -165,10 +166,8 @@ class TeacherStage(Stage):
         else:
             context = self.shards.read([i % len(self.shards) for i in range(count)])[1]
             uncond = self.uncond
-        return write_sample_videos(self.ema, self.sample_codec, directory, step, plan=TEACHER_SAMPLE_PLAN,
-                                   context=context, uncond=uncond, cfg_scale=TEACHER_SAMPLE_CFG,
-                                   frames=self.frames, height=self.height, width=self.width,
-                                   bf16=self.config.precision == "bf16", write=self.runtime.is_main)
+        return write_sample_videos(self, self.ema, directory, step, plan=TEACHER_SAMPLE_PLAN, context=context,
+                                   uncond=uncond, cfg_scale=TEACHER_SAMPLE_CFG)
 
     def export(self, path: Path) -> Path:
         """EMA teacher as our checkpoint (config + plan); the toy text encoder beside it when trained."""

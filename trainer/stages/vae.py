@@ -22,6 +22,7 @@ from asd_core.vae import LatentCodec, tiny_vae_config
 
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed
+from .common import resolve_model_file
 from .data import pixel_batch, rank_indices
 
 
@@ -40,8 +41,6 @@ class VaeStage(Stage):
         torch.manual_seed(config.seed)
         self.vae = AutoencoderKLWan(**tiny_vae_config(**config.vae)).to(runtime.device)
         if config.init:  # fine-tune a trained VAE (e.g. its decoder only)
-            from .teacher import resolve_model_file
-
             trained = LatentCodec.load(resolve_model_file(config.init)).vae
             self.vae.load_state_dict(trained.state_dict())
         dist.broadcast_module(self.vae, runtime)
@@ -50,8 +49,8 @@ class VaeStage(Stage):
             # while the pixels it decodes to get sharper.
             self.vae.encoder.requires_grad_(False)
             self.vae.quant_conv.requires_grad_(False)
-        trainable = [p for p in self.vae.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=tuple(config.betas))
+        self.trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, betas=tuple(config.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.height = config.latent_height * 8 or DEFAULT_HEIGHT
         self.width = config.latent_width * 8 or DEFAULT_WIDTH
@@ -84,8 +83,7 @@ class VaeStage(Stage):
         l2 = (weight * (recon - pixels).square()).mean()
         kl = posterior.kl().mean() / latents[0].numel()
         loss = l1 + l2 + c.kl_weight * kl
-        trainable = [p for p in self.vae.parameters() if p.requires_grad]
-        applied, norm = apply_update(loss, trainable, self.optimizer, rt, c.grad_clip)
+        applied, norm = apply_update(loss, self.trainable, self.optimizer, rt, c.grad_clip)
         if applied:
             self.scheduler.step()
         logs = {"loss": loss.item(), "l1": l1.item(), "mse": l2.item(), "kl": kl.item(), "grad_norm": norm}
