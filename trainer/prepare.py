@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from asd_core.atomic import save_safetensors
+from asd_core.cli.generate import device_and_dtype
 from asd_core.vae import SPATIAL_FACTOR, latent_frames_for, load_codec, video_to_pixels
 from asd_core.video_io import FFMPEG_READ_EXTENSIONS, PILLOW_READ_EXTENSIONS, read_video
 
@@ -84,17 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 # -- shared ----------------------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
-def load_text_encoder(path: str, device: torch.device):
-    """A toy text encoder (file, or a teacher run dir holding one) or a local umt5-xxl folder."""
+def load_text_encoder(path: str, device: torch.device, dtype: torch.dtype):
+    """A toy text encoder (file, or a teacher run dir holding one; always float32) or a local umt5-xxl folder."""
     from asd_core.text import ToyTextEncoder, UMT5TextEncoder
 
     candidate = Path(path)
@@ -109,7 +101,6 @@ def load_text_encoder(path: str, device: torch.device):
         return ToyTextEncoder.load(candidate, device=device).requires_grad_(False)
     if not candidate.is_dir():
         raise FileNotFoundError(f"--text-encoder {path}: no such file or folder")
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     return UMT5TextEncoder.from_pretrained(candidate, device=device, dtype=dtype)
 
 
@@ -204,10 +195,10 @@ def prepare_latents(args: argparse.Namespace) -> str:
     for flag, value in (("--vae", args.vae), ("--text-encoder", args.text_encoder)):
         if not Path(value).exists():  # before anything loads: a typo should cost nothing
             raise FileNotFoundError(f"{flag} {value}: no such file or folder")
-    device = pick_device(args.device)
+    device, dtype = device_and_dtype(args.device, "auto")
     vae = str(Path(vae_source(args.vae)).resolve())
     codec = load_codec(vae, device=device)
-    encoder = load_text_encoder(args.text_encoder, device)
+    encoder = load_text_encoder(args.text_encoder, device, dtype)
 
     shards, skipped, written = [], [], 0
     latents, contexts, names = [], [], []
@@ -262,7 +253,7 @@ def prepare_prompts(args: argparse.Namespace) -> str:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     uncond_out = Path(args.uncond_out) if args.uncond_out else out.with_name(f"{out.stem}_uncond.safetensors")
-    encoder = load_text_encoder(args.text_encoder, pick_device(args.device))
+    encoder = load_text_encoder(args.text_encoder, *device_and_dtype(args.device, "auto"))
     pieces = []
     with tqdm(total=len(prompts), desc="encode prompts", unit="prompt", dynamic_ncols=True, file=sys.stderr) as bar:
         for start in range(0, len(prompts), args.batch_size):

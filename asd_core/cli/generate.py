@@ -104,7 +104,7 @@ def generate(args: argparse.Namespace) -> str:
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file or folder")
     if args.text_encoder and not args.vae:
         raise ValueError("--text-encoder (umt5 for real Wan) needs --vae too: the Wan 2.1 VAE the model's latents belong to")
-    device, dtype = _device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype(args.device, args.dtype)
 
     model, text_encoder, codec, label = _load(args, device, dtype)
     sizes = WAN_SIZES if args.text_encoder else TOY_SIZES
@@ -158,7 +158,8 @@ def describe_plan(plan: StepPlan) -> str:
     return f"{plan.spec} (first chunk {first} step{'s' if first > 1 else ''}, later {rest})"
 
 
-def _device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """`--device` / `--dtype` words (auto = cuda if available; float32 on the CPU, bfloat16 on a GPU), checked."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
