@@ -81,6 +81,21 @@ def test_pack_imports_without_comfyui_modules():
     assert "ASDCausalSampler" in out.stdout
 
 
+def test_entry_point_imports_as_a_lone_module(tmp_path):
+    """What pytest does where the clone's folder name is no identifier: the tests must still run."""
+    clone = tmp_path / "tmp.Ab3x"
+    clone.mkdir()
+    (clone / "__init__.py").write_text((comfy_executor.REPO / "__init__.py").read_text())
+    code = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('__init__', {str(clone / '__init__.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "assert not hasattr(m, 'NODE_CLASS_MAPPINGS')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.parametrize("name", sorted(MAPPINGS))
 def test_node_declarations_are_consistent(name):
     cls = MAPPINGS[name]
