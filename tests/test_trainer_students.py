@@ -177,3 +177,81 @@ def test_torchrun_two_ranks_keep_identical_weights_and_exit_steps(teacher_run, o
     init = tensors(ode / "model.safetensors")
     key = "blocks.0.attn1.to_q.weight"
     assert not torch.equal(ranks[0][f"generator/{key}"], init[key])
+
+
+@pytest.mark.parametrize("backbone", ["critic", "teacher"])
+def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_run, ode_run, tmp_path, backbone):
+    """D's branches (its own step and the generator's ASD term) are noised in disc_min_t..disc_max_t,
+    not at DMD's levels, where D could not tell n-step from (n+1)-step outputs apart; and D reads
+    the features of the backbone the config names."""
+    from trainer import dist
+    from trainer.config import load_config
+    from trainer.stages.distill import DistillStage
+
+    words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 8, "asd_weight=10", "plan=4",
+                                                            "export_plan=4", "disc_min_t=0.05", "disc_max_t=0.1",
+                                                            f"disc_backbone={backbone}")]
+    stage = DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+    seen = {"discriminator": [], "generator": []}
+    d_step, paired = stage.discriminator_step, stage.paired_logits
+
+    def discriminator_step(step, x, t, features, context, *rest):
+        seen["discriminator"].append(t)
+        network = {"critic": stage.critic, "teacher": stage.teacher}[backbone]
+        with torch.no_grad():
+            _, expected = network(x, t, torch.cat([context, context]), return_features=stage.depths)
+        if backbone == "teacher":  # the critic has trained since D's features were taken: only the teacher is still
+            assert all(torch.equal(a, b) for a, b in zip(features, expected))
+        return d_step(step, x, t, features, context, *rest)
+
+    stage.discriminator_step = discriminator_step
+    stage.paired_logits = lambda f, tf, r, tr, *rest: seen["generator"].append(torch.cat([tf, tr])) or paired(
+        f, tf, r, tr, *rest)
+    for step in range(8):
+        stage.train_step(step)
+    assert seen["discriminator"] and seen["generator"]  # ASD ran in both roles
+    for t in (t for ts in seen.values() for t in ts):
+        assert ((t >= 50 - 1e-3) & (t <= 100 + 1e-3)).all(), t
+
+
+def test_discriminator_noise_range_is_checked(tmp_path):
+    from trainer.config import load_config
+
+    distill = CONFIGS / "toy" / "distill.yaml"
+    with pytest.raises(ValueError, match="disc_min_t <= disc_max_t"):
+        load_config(distill, [f"out_dir={tmp_path}", "disc_min_t=0.5", "disc_max_t=0.2"])
+    with pytest.raises(ValueError, match="disc_backbone must be 'critic' or 'teacher', got 'vae'"):
+        load_config(distill, [f"out_dir={tmp_path}", "disc_backbone=vae"])
+
+
+def probe_args(teacher_run, ode_run, *extra):
+    return ["--teacher", str(teacher_run), "--student", str(ode_run), "--batches", "10", "--steps", "60",
+            "--set", "num_frames=4", "plan=2", *TINY_VIDEO, *extra]
+
+
+def test_disc_probe_tells_real_step_differences_apart_and_not_identical_branches(teacher_run, ode_run, capsys,
+                                                                                  monkeypatch):
+    """The diagnostic behind docs/results.md's discriminator figures: on the student's real
+    (1-step, 2-step) pairs of clean outputs D learns to rank them; on pairs whose two branches
+    are the same video it cannot (identical logits: zero gap)."""
+    import json
+
+    from trainer import disc_probe
+
+    assert disc_probe.main(probe_args(teacher_run, ode_run) + ["--min-t", "0", "--max-t", "0"]) == 0
+    real = json.loads(capsys.readouterr().out)
+    assert real["accuracy"] >= 0.9 and real["logit_gap"] > 0, real
+
+    pairs = disc_probe.rollout_pairs
+    monkeypatch.setattr(disc_probe, "rollout_pairs",
+                        lambda *a: [(v, v.clone(), n, c) for v, _, n, c in pairs(*a)])
+    assert disc_probe.main(probe_args(teacher_run, ode_run) + ["--min-t", "0", "--max-t", "0"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["logit_gap"] == 0 and same["accuracy"] == 0, same
+
+
+def test_disc_probe_refuses_bad_ranges(teacher_run, ode_run, capsys):
+    from trainer import disc_probe
+
+    assert disc_probe.main(probe_args(teacher_run, ode_run) + ["--min-t", "0.5", "--max-t", "0.1"]) == 2
+    assert "need 0 <= --min-t <= --max-t <= 1" in capsys.readouterr().err

@@ -134,6 +134,15 @@ class DistillConfig(RunConfig):
     disc_width: int = 0  # 0 = the critic's width
     disc_depths: list[int] = field(default_factory=list)  # critic blocks fed to D ([] = 3 spread over depth)
     disc_queries: int = 4
+    # The network whose features D reads: "critic" (the fake score, as the paper) or "teacher"
+    # (frozen: D's inputs do not drift while the critic trains on the generator's samples).
+    disc_backbone: str = "critic"
+    # D's noise level, u ~ U(min, max) warped by disc_timestep_shift; both branches drawn
+    # independently. Lower than DMD's on purpose: at DMD's levels (median sigma 0.83) the n- and
+    # (n+1)-step outputs are buried in noise and D stayed at chance (docs/results.md).
+    disc_min_t: float = 0.02
+    disc_max_t: float = 0.4
+    disc_timestep_shift: float = 1.0
     r1_weight: float = 1.0  # approximate R1/R2 on D (finite differences)
     r1_sigma: float = 0.01
     r1_every: int = 4  # lazy R1/R2: every this many D steps, weight scaled by it (1 = every step)
@@ -271,5 +280,12 @@ def validate(config: RunConfig) -> None:
             raise ValueError(f"gen_update_ratio must be >= 1, got {config.gen_update_ratio}")
         if not 0 <= config.dmd_min_t < config.dmd_max_t <= 1:
             raise ValueError(f"need 0 <= dmd_min_t < dmd_max_t <= 1, got {config.dmd_min_t}, {config.dmd_max_t}")
+        if not 0 <= config.disc_min_t <= config.disc_max_t <= 1:
+            raise ValueError(f"need 0 <= disc_min_t <= disc_max_t <= 1 (equal = one fixed level, 0 = clean), "
+                             f"got {config.disc_min_t}, {config.disc_max_t}")
+        if config.disc_backbone not in ("critic", "teacher"):
+            raise ValueError(f"disc_backbone must be 'critic' or 'teacher', got {config.disc_backbone!r}")
+        if config.disc_timestep_shift <= 0:
+            raise ValueError(f"disc_timestep_shift must be > 0 (1 = no warp), got {config.disc_timestep_shift}")
         if config.asd_weight < 0:
             raise ValueError(f"asd_weight (alpha) must be >= 0, got {config.asd_weight}")

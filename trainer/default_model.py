@@ -30,10 +30,15 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 
 # (run name, config file, overrides); {runs} is the runs folder. The sizes that differ from the
 # config files are the CPU budget of the shipped default (docs/default_model.md has the logs).
+# D: lr 4x the others and a light R1/R2 (0.1): at 5e-5 with R1 1.0 an offline probe's D learned
+# half as fast (trainer/disc_probe.py; docs/results.md, "The discriminator").
 DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=3000", "gen_update_ratio=2",
-           "lr_generator=5e-5", "lr_critic=5e-5", "lr_discriminator=5e-5", "ema_start=100", "save_every=50"]
+           "lr_generator=5e-5", "lr_critic=5e-5", "lr_discriminator=2e-4", "r1_weight=0.1", "ema_start=100",
+           "save_every=50"]
 STAGES = [
     # 5-frame clips (1 + 4: one causal step of the VAE's temporal compression) halve the step time.
+    # (A whole second chain with the VAE on 9-frame clips from the start, 1100 steps, scored lower
+    # everywhere: round trip 0.51 vs 0.57; docs/default_model.md, "The 9-frame chain".)
     ("vae", "vae.yaml", ["max_steps=1000", "clip_frames=5", "save_every=100"]),
     # Decoder fine-tuning: the encoder (the latent space every later stage lives in) is frozen,
     # so it runs beside the teacher and ode_init on the other core; the shipped VAE is this one.

@@ -2,7 +2,8 @@
 
 Networks: the generator (causal student, from the ode_init run), its EMA, the frozen teacher
 (real score, with CFG), the critic (fake score: the teacher's weights, trained with flow
-matching on generated videos) and the ASD discriminator (a light head on critic features).
+matching on generated videos) and the ASD discriminator (a light head on the critic's features,
+or the frozen teacher's with disc_backbone=teacher).
 
 One iteration (Self Forcing's schedule): the generator is rolled out chunk by chunk with its
 own KV cache; the exit step index e ~ U{0..N-1} is drawn on rank 0 and broadcast. The
@@ -12,9 +13,11 @@ n-step output (with gradient) is compared against the same rollout taken one ste
 (the (n+1)-step output, no gradient); when e is the last step there is no (n+1)-step output
 and the ASD terms are skipped, so n is uniform over {1..N-1} whenever they run and
 asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised independently
-(own noise, own timesteps) and scored by D on critic features at a few depths; the critic
-backbone gets no gradient from any ASD term. D is trained on the same pairs with the
-relativistic loss plus approximate R1 (on the (n+1)-step branch) and R2 (on the n-step branch).
+(own noise, own timesteps) and scored by D on its backbone's features at a few depths; the
+critic gets no gradient from any ASD term. D's noise levels (disc_min_t..disc_max_t) are
+lower than DMD's: at DMD's mostly-high levels D never told the branches apart. D is trained
+on the same pairs with the relativistic loss plus approximate R1 (on the (n+1)-step branch)
+and R2 (on the n-step branch).
 FFE-aware training (`ffe_first_plan`): chunk 0 is rolled out with its longer plan to its end.
 """
 
@@ -82,8 +85,9 @@ class DistillStage(Stage):
         self.generator = load_network(c.init, chunk_frames=chunk, device=runtime.device, trainable=True)
         self.teacher = load_network(c.teacher, chunk_frames=self.frames, device=runtime.device, trainable=False)
         self.critic = load_network(c.teacher, chunk_frames=self.frames, device=runtime.device, trainable=True)
-        for model in (self.generator, self.critic):
+        for model in (self.generator, self.critic, self.teacher):  # the teacher: ASD's pass may run through it
             model.gradient_checkpointing = c.gradient_checkpointing
+        self.disc_backbone = self.critic if c.disc_backbone == "critic" else self.teacher
         self.model_config = self.generator.config
         self.prompts = PromptSource(c, c.teacher, runtime.device)
 
@@ -142,28 +146,34 @@ class DistillStage(Stage):
         drawn = int(torch.randint(self.num_steps, (1,), generator=generator))
         return dist.broadcast_int(drawn, self.runtime)
 
-    def noised(self, x: torch.Tensor, generator: torch.Generator):
-        """(x_t, timesteps (B,), sigma (B,), noise): x noised at a fresh shifted timestep per sample."""
+    def noised(self, x: torch.Tensor, generator: torch.Generator, *, for_discriminator: bool = False):
+        """(x_t, timesteps (B,), sigma (B,), noise): x noised at a fresh shifted timestep per sample.
+
+        DMD and the critic draw from dmd_min_t..dmd_max_t; D's branches from its own, lower range.
+        """
         c = self.config
-        t = shifted_timesteps(x.shape[0], generator, c.dmd_min_t, c.dmd_max_t, c.timestep_shift).to(x.device)
+        low, high, shift = ((c.disc_min_t, c.disc_max_t, c.disc_timestep_shift) if for_discriminator
+                            else (c.dmd_min_t, c.dmd_max_t, c.timestep_shift))
+        t = shifted_timesteps(x.shape[0], generator, low, high, shift).to(x.device)
         noise = noise_like(x.shape, generator, x.device)
         sigma = t / 1000.0
         return add_noise(x, noise, sigma), t, sigma, noise
 
-    def critic_features(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
-        _, features = self.critic(x_t, t, context, return_features=self.depths)
+    def disc_features(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden states at D's depths of its backbone (the critic, or the frozen teacher)."""
+        _, features = self.disc_backbone(x_t, t, context, return_features=self.depths)
         return features
 
     def paired_logits(self, fake_t, t_fake, real_t, t_real, context, n):
         """Generator side: D's logits of the n-step (fake) and (n+1)-step (real) branches.
 
-        One batched critic pass over both branches (the same arithmetic per sample, half the
-        calls). Gradients flow through the critic into the n-step input; the critic and D are
-        frozen by the caller, so neither gets an ASD gradient here.
+        One batched pass of D's backbone over both branches (the same arithmetic per sample,
+        half the calls). Gradients flow through the backbone into the n-step input; the critic
+        and D are frozen by the caller (the teacher always is), so none gets an ASD gradient.
         """
         x = torch.cat([fake_t, real_t])
         t = torch.cat([t_fake, t_real])
-        features = self.critic_features(x, t, torch.cat([context, context]))
+        features = self.disc_features(x, t, torch.cat([context, context]))
         return self.discriminator(features, n).chunk(2)
 
     # -- one iteration ----------------------------------------------------------------------
@@ -200,8 +210,9 @@ class DistillStage(Stage):
             loss, dmd_logs = dmd_loss(video, real, fake)
             logs.update({"dmd_loss": loss.item(), **dmd_logs})
             if use_asd:
-                fake_t, t_fake, _, _ = self.noised(video, generator)  # gradient flows through to the n-step output
-                real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator)
+                # gradient flows through to the n-step output
+                fake_t, t_fake, _, _ = self.noised(video, generator, for_discriminator=True)
+                real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator, for_discriminator=True)
                 d_fake, d_real = self.paired_logits(fake_t, t_fake, real_t, t_real, context, n)
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
@@ -219,19 +230,19 @@ class DistillStage(Stage):
             else:
                 skipped.append("generator")
 
-        # Critic (fake score): flow matching on the generator's current samples. With ASD the same
-        # forward also gives D the n-step branch's features (that branch is exactly the critic's
-        # input: the n-step output at a fresh noise level), so D costs one critic pass fewer.
+        # D's branches are read before the critic update, in one batched no-grad pass (D's noise
+        # range differs from the critic's, so the critic's training forward cannot serve it).
         sample = video.detach()
-        x_t, t, _, critic_noise = self.noised(sample, generator)
         if use_asd:
-            prediction, features = self.critic(x_t, t, context, return_features=self.depths)
-            fake_branch = (x_t, t, [f.detach() for f in features])
-            real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator)
-            with torch.no_grad():  # before the critic update, like the fake branch
-                real_branch = (real_t, t_real, self.critic_features(real_t, t_real, context))
-        else:
-            prediction = self.critic(x_t, t, context)
+            fake_t, t_fake, _, _ = self.noised(sample, generator, for_discriminator=True)
+            real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator, for_discriminator=True)
+            branches = (torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real]))
+            with torch.no_grad():
+                branch_features = self.disc_features(*branches, torch.cat([context, context]))
+
+        # Critic (fake score): flow matching on the generator's current samples.
+        x_t, t, _, critic_noise = self.noised(sample, generator)
+        prediction = self.critic(x_t, t, context)
         critic_loss = flow_matching_loss(prediction, sample, critic_noise)
         logs["critic_loss"] = critic_loss.item()
         applied, norm = apply_update(critic_loss, list(self.critic.parameters()), self.opt_critic, rt, c.grad_clip)
@@ -242,33 +253,31 @@ class DistillStage(Stage):
             skipped.append("critic")
 
         if use_asd:
-            skipped += self.discriminator_step(step, fake_branch, real_branch, context, n, generator, logs)
+            skipped += self.discriminator_step(step, *branches, branch_features, context, n, generator, logs)
         return StepResult(logs, skipped)
 
-    def discriminator_step(self, step, fake_branch, real_branch, context, n, generator, logs) -> list[str]:
+    def discriminator_step(self, step, x, t, features, context, n, generator, logs) -> list[str]:
         """Relativistic loss ranking the (n+1)-step sample above the n-step one, plus approx R1/R2.
 
-        Each branch is (noised input, timesteps, critic features at D's depths), the features
-        taken without a graph: D's parameters get the gradient, never the critic.
+        x, t, features: both branches batched, the n-step half first: noised inputs, their
+        timesteps, and critic features at D's depths taken without a graph (D's parameters get
+        the gradient, never the critic).
 
         R1 (on the (n+1)-step branch) and R2 (on the n-step one) are finite differences of D's
         logits under a small input perturbation, taken every `r1_every` D steps with their weight
         scaled by r1_every (lazy regularisation, as StyleGAN2): same expected penalty, less compute.
         """
         c, rt = self.config, self.runtime
-        (fake_t, t_fake, fake_features), (real_t, t_real, real_features) = fake_branch, real_branch
-        batch = fake_t.shape[0]
-        features = [torch.cat(pair) for pair in zip(fake_features, real_features)]
-        d_fake, d_real = self.discriminator(features, n).chunk(2)
+        batch = x.shape[0] // 2
+        logits = self.discriminator(features, n)
+        d_fake, d_real = logits.chunk(2)
         loss = asd_discriminator_loss(d_fake, d_real)
         logs["logit_gap"] = (d_real - d_fake).mean().item()
         if c.r1_weight > 0 and step % c.r1_every == 0:
-            x, t, both_context = torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real]), torch.cat([context, context])
             eps = noise_like(x.shape, generator, x.device)
             with torch.no_grad():  # D's parameters get the gradient, not the critic
-                features = self.critic_features(x + c.r1_sigma * eps, t, both_context)
-            penalty = finite_difference_penalty(self.discriminator(features, n), torch.cat([d_fake, d_real]),
-                                                c.r1_sigma)
+                perturbed = self.disc_features(x + c.r1_sigma * eps, t, torch.cat([context, context]))
+            penalty = finite_difference_penalty(self.discriminator(perturbed, n), logits, c.r1_sigma)
             r2, r1 = penalty[:batch].mean(), penalty[batch:].mean()
             logs["r1"], logs["r2"] = r1.item(), r2.item()
             loss = loss + c.r1_weight * c.r1_every * (r1 + r2)
