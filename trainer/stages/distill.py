@@ -230,8 +230,10 @@ class DistillStage(Stage):
             else:
                 skipped.append("generator")
 
-        # D's branches are read before the critic update, in one batched no-grad pass (D's noise
-        # range differs from the critic's, so the critic's training forward cannot serve it).
+        # D's step comes before the critic's update: its features and R1/R2's perturbed features
+        # must come from the same backbone weights (across an update the finite difference would
+        # measure the update, not D's slope). One batched no-grad pass reads both branches: D's
+        # noise range differs from the critic's, so the critic's training forward cannot serve.
         sample = video.detach()
         if use_asd:
             fake_t, t_fake, _, _ = self.noised(sample, generator, for_discriminator=True)
@@ -239,6 +241,7 @@ class DistillStage(Stage):
             branches = (torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real]))
             with torch.no_grad():
                 branch_features = self.disc_features(*branches, torch.cat([context, context]))
+            skipped += self.discriminator_step(step, *branches, branch_features, context, n, generator, logs)
 
         # Critic (fake score): flow matching on the generator's current samples.
         x_t, t, _, critic_noise = self.noised(sample, generator)
@@ -251,17 +254,14 @@ class DistillStage(Stage):
             self.sched["critic"].step()
         else:
             skipped.append("critic")
-
-        if use_asd:
-            skipped += self.discriminator_step(step, *branches, branch_features, context, n, generator, logs)
         return StepResult(logs, skipped)
 
     def discriminator_step(self, step, x, t, features, context, n, generator, logs) -> list[str]:
         """Relativistic loss ranking the (n+1)-step sample above the n-step one, plus approx R1/R2.
 
         x, t, features: both branches batched, the n-step half first: noised inputs, their
-        timesteps, and critic features at D's depths taken without a graph (D's parameters get
-        the gradient, never the critic).
+        timesteps, and D's backbone's features at D's depths taken without a graph (D's
+        parameters get the gradient, never the backbone).
 
         R1 (on the (n+1)-step branch) and R2 (on the n-step one) are finite differences of D's
         logits under a small input perturbation, taken every `r1_every` D steps with their weight
@@ -275,7 +275,7 @@ class DistillStage(Stage):
         logs["logit_gap"] = (d_real - d_fake).mean().item()
         if c.r1_weight > 0 and step % c.r1_every == 0:
             eps = noise_like(x.shape, generator, x.device)
-            with torch.no_grad():  # D's parameters get the gradient, not the critic
+            with torch.no_grad():  # D's parameters get the gradient, not its backbone
                 perturbed = self.disc_features(x + c.r1_sigma * eps, t, torch.cat([context, context]))
             penalty = finite_difference_penalty(self.discriminator(perturbed, n), logits, c.r1_sigma)
             r2, r1 = penalty[:batch].mean(), penalty[batch:].mean()
