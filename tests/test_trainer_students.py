@@ -193,7 +193,7 @@ def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_
                                                             f"disc_backbone={backbone}")]
     stage = DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
     seen = {"discriminator": [], "generator": []}
-    d_step, paired = stage.discriminator_step, stage.paired_logits
+    d_step, pair = stage.discriminator_step, stage.disc_pair
 
     def discriminator_step(step, x, t, features, context, *rest):
         seen["discriminator"].append(t)
@@ -206,8 +206,13 @@ def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_
         return d_step(step, x, t, features, context, *rest)
 
     stage.discriminator_step = discriminator_step
-    stage.paired_logits = lambda f, tf, r, tr, *rest: seen["generator"].append(torch.cat([tf, tr])) or paired(
-        f, tf, r, tr, *rest)
+    def disc_pair(fake, real, generator):
+        x, t = pair(fake, real, generator)
+        if fake.requires_grad:  # the generator's ASD term (D's own step gets detached samples)
+            seen["generator"].append(t)
+        return x, t
+
+    stage.disc_pair = disc_pair
     for step in range(8):
         stage.train_step(step)
     assert seen["discriminator"] and seen["generator"]  # ASD ran in both roles

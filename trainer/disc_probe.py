@@ -3,9 +3,10 @@
     python -m trainer.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
 
 A diagnostic for the distill stage: the student is frozen, its rollout pairs (n-step output,
-the same rollout one step further) are made once with the trainer's own rollout, and a fresh
-D (the trainer's head, the trainer's relativistic loss and R1/R2) is trained on features of a
-frozen backbone (the teacher) at the chosen noise levels, then scored on held-out pairs.
+the same rollout one step further) are made once with the trainer's own rollout, and the
+distill stage's fresh D is trained on them by the stage's own D step (its head, relativistic
+loss, R1/R2, optimizer) with `disc_backbone=teacher` (frozen) at the chosen noise levels, then
+scored on held-out pairs.
 Prints one JSON line: held-out accuracy (how often D ranks the (n+1)-step branch higher; 0.5
 is chance) and the mean logit gap. docs/results.md's "The discriminator" figures come from it.
 
@@ -23,13 +24,9 @@ from pathlib import Path
 
 import torch
 
-from asd_core.discriminator import ASDDiscriminator
-from asd_core.losses import add_noise, asd_discriminator_loss, finite_difference_penalty
-
 from . import dist
 from .config import load_config
 from .rollout import noise_like, self_forcing_rollout
-from .stages.common import shifted_timesteps
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "toy" / "distill.yaml"
 
@@ -51,55 +48,28 @@ def rollout_pairs(stage, batches: int, batch_size: int, generator: torch.Generat
     return pairs
 
 
-class FrozenBackboneProbe:
-    """A fresh D on the teacher's features at noise levels u ~ U(min_t, max_t) warped by shift."""
+def train_discriminator(stage, step: int, pair, generator: torch.Generator) -> float:
+    """One step of the stage's (fresh) D on one frozen pair batch, with the stage's own pieces."""
+    fake, real, n, context = pair
+    x, t = stage.disc_pair(fake, real, generator)
+    with torch.no_grad():
+        features = stage.disc_features(x, t, context)
+    logs: dict[str, float] = {}
+    stage.discriminator_step(step, x, t, features, context, n, generator, logs)
+    return logs["discriminator_loss"]
 
-    def __init__(self, stage, args):
-        self.stage, self.args = stage, args
-        width = stage.teacher.config.width
-        heads = next(h for h in (4, 2, 1) if width % h == 0)
-        self.discriminator = ASDDiscriminator(width, len(stage.depths), stage.num_steps - 1, heads=heads)
-        self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=args.lr, betas=(0.0, 0.999))
 
-    def branches(self, fake, real, context, generator):
-        """Both branches noised independently (own noise, own timesteps), batched: (x, t, features)."""
-        a, stage = self.args, self.stage
-        x = torch.cat([fake, real])
-        t = shifted_timesteps(x.shape[0], generator, a.min_t, a.max_t, a.shift).to(x.device)
-        x_t = add_noise(x, noise_like(x.shape, generator, x.device), t / 1000.0)
-        with torch.no_grad():
-            _, features = stage.teacher(x_t, t, torch.cat([context, context]), return_features=stage.depths)
-        return x_t, t, features
-
-    def train_step(self, step: int, pair, generator) -> float:
-        fake, real, n, context = pair
-        x_t, t, features = self.branches(fake, real, context, generator)
-        logits = self.discriminator(features, n)
-        loss = asd_discriminator_loss(*logits.chunk(2))
-        if self.args.r1_weight > 0 and step % self.args.r1_every == 0:  # the trainer's lazy R1/R2
-            sigma = self.args.r1_sigma
-            with torch.no_grad():
-                _, perturbed = self.stage.teacher(x_t + sigma * noise_like(x_t.shape, generator, x_t.device), t,
-                                                  torch.cat([context, context]), return_features=self.stage.depths)
-            penalty = finite_difference_penalty(self.discriminator(perturbed, n), logits, sigma)
-            loss = loss + self.args.r1_weight * self.args.r1_every * 2 * penalty.mean()  # r1 + r2 = 2 x mean
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), 10.0)
-        self.optimizer.step()
-        return loss.item()
-
-    @torch.no_grad()
-    def score(self, pairs, generator, repeats: int = 3) -> tuple[float, float]:
-        """(accuracy, mean logit gap) over the pairs, each seen at `repeats` noise draws."""
-        wins, gaps = [], []
-        for _ in range(repeats):
-            for fake, real, n, context in pairs:
-                _, _, features = self.branches(fake, real, context, generator)
-                d_fake, d_real = self.discriminator(features, n).chunk(2)
-                wins += (d_real > d_fake).float().tolist()
-                gaps += (d_real - d_fake).tolist()
-        return sum(wins) / len(wins), sum(gaps) / len(gaps)
+@torch.no_grad()
+def score(stage, pairs, generator: torch.Generator, repeats: int = 3) -> tuple[float, float]:
+    """(accuracy, mean logit gap) of the stage's D over the pairs, each seen at `repeats` noise draws."""
+    wins, gaps = [], []
+    for _ in range(repeats):
+        for fake, real, n, context in pairs:
+            x, t = stage.disc_pair(fake, real, generator)
+            d_fake, d_real = stage.discriminator(stage.disc_features(x, t, context), n).chunk(2)
+            wins += (d_real > d_fake).float().tolist()
+            gaps += (d_real - d_fake).tolist()
+    return sum(wins) / len(wins), sum(gaps) / len(gaps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --batches must be >= 2 (one to train D on, one held out), got {args.batches}", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config, [f"teacher={args.teacher}", f"init={args.student}", "asd_weight=1",
-                                           "out_dir=unused", "device=cpu", *args.set])
+        config = load_config(args.config, [
+            f"teacher={args.teacher}", f"init={args.student}", "asd_weight=1", "out_dir=unused", "device=cpu",
+            "disc_backbone=teacher", f"disc_min_t={args.min_t}", f"disc_max_t={args.max_t}",
+            f"disc_timestep_shift={args.shift}", f"lr_discriminator={args.lr}", f"r1_weight={args.r1_weight}",
+            f"r1_every={args.r1_every}", f"r1_sigma={args.r1_sigma}", f"seed={args.seed}", *args.set])
         stage = DistillStage(config, dist.init_runtime("cpu"))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -147,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     pairs = rollout_pairs(stage, args.batches, config.batch_size, generator)
     split = max(1, int(0.8 * len(pairs)))
     train, held_out = pairs[:split], pairs[split:]
-    probe = FrozenBackboneProbe(stage, args)
     loss = float("nan")
     for step in range(args.steps):
-        loss = probe.train_step(step, train[step % len(train)], generator)
-    accuracy, gap = probe.score(held_out, generator)
+        loss = train_discriminator(stage, step, train[step % len(train)], generator)
+    accuracy, gap = score(stage, held_out, generator)
     print(json.dumps({"student": args.student, "min_t": args.min_t, "max_t": args.max_t, "shift": args.shift,
                       "steps": args.steps, "held_out_pairs": len(held_out) * config.batch_size,
                       "accuracy": round(accuracy, 4), "logit_gap": round(gap, 4), "last_loss": round(loss, 4),

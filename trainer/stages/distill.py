@@ -159,22 +159,21 @@ class DistillStage(Stage):
         sigma = t / 1000.0
         return add_noise(x, noise, sigma), t, sigma, noise
 
+    def disc_pair(self, fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator):
+        """D's input: the n-step (fake) and (n+1)-step (real) outputs, each noised on its own at
+        D's levels, batched n-step half first: (x_t (2B, ...), timesteps (2B,))."""
+        fake_t, t_fake, _, _ = self.noised(fake, generator, for_discriminator=True)
+        real_t, t_real, _, _ = self.noised(real, generator, for_discriminator=True)
+        return torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real])
+
     def disc_features(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
-        """Hidden states at D's depths of its backbone (the critic, or the frozen teacher)."""
-        _, features = self.disc_backbone(x_t, t, context, return_features=self.depths)
-        return features
+        """Hidden states at D's depths of its backbone (the critic, or the frozen teacher) for a
+        pair batch from `disc_pair` (2B); `context` (B) is the captions, shared by both halves.
 
-    def paired_logits(self, fake_t, t_fake, real_t, t_real, context, n):
-        """Generator side: D's logits of the n-step (fake) and (n+1)-step (real) branches.
-
-        One batched pass of D's backbone over both branches (the same arithmetic per sample,
-        half the calls). Gradients flow through the backbone into the n-step input; the critic
-        and D are frozen by the caller (the teacher always is), so none gets an ASD gradient.
+        One batched pass over both branches: the same arithmetic per sample, half the calls.
         """
-        x = torch.cat([fake_t, real_t])
-        t = torch.cat([t_fake, t_real])
-        features = self.disc_features(x, t, torch.cat([context, context]))
-        return self.discriminator(features, n).chunk(2)
+        _, features = self.disc_backbone(x_t, t, torch.cat([context, context]), return_features=self.depths)
+        return features
 
     # -- one iteration ----------------------------------------------------------------------
 
@@ -210,10 +209,10 @@ class DistillStage(Stage):
             loss, dmd_logs = dmd_loss(video, real, fake)
             logs.update({"dmd_loss": loss.item(), **dmd_logs})
             if use_asd:
-                # gradient flows through to the n-step output
-                fake_t, t_fake, _, _ = self.noised(video, generator, for_discriminator=True)
-                real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator, for_discriminator=True)
-                d_fake, d_real = self.paired_logits(fake_t, t_fake, real_t, t_real, context, n)
+                # Gradients flow through D's backbone into the n-step half; the critic and D are
+                # frozen here (the teacher always is), so none of them gets an ASD gradient.
+                x, t_pair = self.disc_pair(video, rollout.next_video.detach(), generator)
+                d_fake, d_real = self.discriminator(self.disc_features(x, t_pair, context), n).chunk(2)
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
                 loss = loss + c.asd_weight * g_loss
@@ -236,12 +235,10 @@ class DistillStage(Stage):
         # noise range differs from the critic's, so the critic's training forward cannot serve.
         sample = video.detach()
         if use_asd:
-            fake_t, t_fake, _, _ = self.noised(sample, generator, for_discriminator=True)
-            real_t, t_real, _, _ = self.noised(rollout.next_video.detach(), generator, for_discriminator=True)
-            branches = (torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real]))
+            x, t_pair = self.disc_pair(sample, rollout.next_video.detach(), generator)
             with torch.no_grad():
-                branch_features = self.disc_features(*branches, torch.cat([context, context]))
-            skipped += self.discriminator_step(step, *branches, branch_features, context, n, generator, logs)
+                features = self.disc_features(x, t_pair, context)
+            skipped += self.discriminator_step(step, x, t_pair, features, context, n, generator, logs)
 
         # Critic (fake score): flow matching on the generator's current samples.
         x_t, t, _, critic_noise = self.noised(sample, generator)
@@ -276,7 +273,7 @@ class DistillStage(Stage):
         if c.r1_weight > 0 and step % c.r1_every == 0:
             eps = noise_like(x.shape, generator, x.device)
             with torch.no_grad():  # D's parameters get the gradient, not its backbone
-                perturbed = self.disc_features(x + c.r1_sigma * eps, t, torch.cat([context, context]))
+                perturbed = self.disc_features(x + c.r1_sigma * eps, t, context)
             penalty = finite_difference_penalty(self.discriminator(perturbed, n), logits, c.r1_sigma)
             r2, r1 = penalty[:batch].mean(), penalty[batch:].mean()
             logs["r1"], logs["r2"] = r1.item(), r2.item()
