@@ -8,6 +8,12 @@ count n in 1..N-1, since n-step vs (n+1)-step is a different comparison for each
 The critic backbone is not updated by the discriminator loss: for D's own step the caller
 computes the features under no_grad (or detaches them); for the generator step they carry
 gradient back to the generated sample through the frozen critic.
+
+Optionally caption-aware (`context_dim` > 0), as a projection discriminator (Miyato & Koyama
+2018): each logit gains the inner product of the summary with a projection of the pooled
+caption. Both branches share their caption, so only this term's difference between them
+counts: it lets D rank the sample that shows the caption better, which a caption-blind head
+cannot ask for (the backbone's features are caption-conditioned, the pooled summary is not).
 """
 
 from __future__ import annotations
@@ -43,18 +49,31 @@ class QueryAttentionHead(nn.Module):
 
 class ASDDiscriminator(nn.Module):
     def __init__(self, width: int, num_depths: int, num_n: int, num_queries: int = 4, heads: int = 4,
-                 hidden: int | None = None):
+                 hidden: int | None = None, context_dim: int = 0):
         super().__init__()
         self.num_depths = num_depths
         self.num_n = num_n
+        self.context_dim = context_dim
         self.heads = nn.ModuleList(QueryAttentionHead(width, num_queries, heads) for _ in range(num_depths))
         hidden = hidden or width
         self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, num_n))
+        if context_dim:  # one caption projection per n, like the MLP's one output per n
+            self.caption = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, num_n * width))
 
-    def forward(self, features: list[torch.Tensor], n: torch.Tensor) -> torch.Tensor:
-        """One logit per sample (B,), the one of its step count n (values 1..num_n)."""
+    def forward(self, features: list[torch.Tensor], n: torch.Tensor, context: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """One logit per sample (B,), the one of its step count n (values 1..num_n).
+
+        context: (B, L, context_dim) caption embeddings (padding zeroed), needed when the head
+        is caption-aware, ignored otherwise.
+        """
         if len(features) != self.num_depths:
             raise ValueError(f"expected features from {self.num_depths} depths, got {len(features)}")
+        if self.context_dim and (context is None or context.shape[-1] != self.context_dim
+                                 or context.shape[0] != features[0].shape[0]):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"this discriminator is caption-aware: it needs context (B={features[0].shape[0]}, "
+                             f"L, {self.context_dim}), got {got}")
         n = torch.as_tensor(n, device=features[0].device).long().reshape(-1)
         if n.numel() == 1:
             n = n.expand(features[0].shape[0])
@@ -62,4 +81,16 @@ class ASDDiscriminator(nn.Module):
             raise ValueError(f"n must lie in 1..{self.num_n}, got {n.tolist()}")
         summary = torch.stack([head(f) for head, f in zip(self.heads, features)]).mean(dim=0)  # (B, D)
         logits = self.mlp(summary)  # (B, num_n)
+        if self.context_dim:
+            caption = self.caption(pooled_caption(context.float()))  # (B, num_n * D)
+            logits = logits + torch.einsum("bd,bnd->bn", summary, rearrange(caption, "b (n d) -> b n d", n=self.num_n))
         return logits.gather(1, (n - 1)[:, None]).squeeze(1)
+
+
+def pooled_caption(context: torch.Tensor) -> torch.Tensor:
+    """Mean over the caption's real tokens (B, L, D) -> (B, D); padding rows are all zero.
+
+    An all-padding (empty) caption pools to zeros rather than dividing by zero.
+    """
+    real = (context.abs().sum(dim=-1, keepdim=True) > 0).to(context.dtype)
+    return (context * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)

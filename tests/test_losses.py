@@ -1,5 +1,6 @@
 """Losses and the ASD discriminator: gradients go where the method says, and D can learn."""
 
+import pytest
 import torch
 
 from asd_core.discriminator import ASDDiscriminator
@@ -93,12 +94,63 @@ def test_discriminator_picks_the_logit_of_each_samples_n_and_checks_inputs():
     a = disc(features, torch.tensor([1, 3]))
     b = disc(features, torch.tensor([3, 1]))
     assert not torch.allclose(a, b)
-    import pytest
 
     with pytest.raises(ValueError, match="3 depths"):
         disc(features[:2], torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="1..3"):
         disc(features, torch.tensor([0, 4]))
+
+
+def caption_flipped_pairs(size, width=32, text_dim=8):
+    """Pairs whose better branch depends on the caption: under caption A the (n+1)-step branch
+    carries a feature pattern and the n-step one its negative, under caption B the reverse. A
+    caption-blind head sees each pattern called better half the time; only the caption tells."""
+    pattern = torch.cat([torch.full((width // 2,), 0.7), torch.zeros(width // 2)])
+    sign = torch.randint(0, 2, (size,)).float() * 2 - 1  # +1: caption A, -1: caption B
+    captions = torch.zeros(size, 5, text_dim)
+    captions[:, :2, 0] = sign[:, None]  # two real tokens, three padding rows (zero)
+    captions[:, :2, 1] = 1.0
+
+    def branch(direction):
+        return [torch.randn(size, 8, width) + direction * sign[:, None, None] * pattern for _ in range(2)]
+
+    return branch(-1.0), branch(1.0), captions
+
+
+@pytest.mark.parametrize("caption_aware", [False, True])
+def test_caption_aware_discriminator_ranks_pairs_only_a_caption_can_tell(caption_aware):
+    torch.manual_seed(0)
+    disc = ASDDiscriminator(width=32, num_depths=2, num_n=1, num_queries=2, heads=2,
+                            context_dim=8 if caption_aware else 0)
+    optimizer = torch.optim.Adam(disc.parameters(), lr=2e-3)
+    for _ in range(200):
+        fake, real, captions = caption_flipped_pairs(16)
+        loss = asd_discriminator_loss(disc(fake, 1, captions), disc(real, 1, captions))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        fake, real, captions = caption_flipped_pairs(512)
+        accuracy = (disc(real, 1, captions) > disc(fake, 1, captions)).float().mean()
+    if caption_aware:
+        assert accuracy > 0.9
+    else:
+        assert 0.35 < accuracy < 0.65
+
+
+def test_caption_aware_discriminator_ignores_padding_and_checks_the_caption():
+    torch.manual_seed(2)
+    disc = ASDDiscriminator(width=16, num_depths=1, num_n=2, num_queries=2, heads=2, context_dim=8)
+    features = [torch.randn(2, 5, 16)]
+    caption = torch.randn(2, 3, 8)
+    padded = torch.cat([caption, torch.zeros(2, 4, 8)], dim=1)
+    assert torch.allclose(disc(features, 1, caption), disc(features, 1, padded), atol=1e-6)
+    assert not torch.allclose(disc(features, 1, caption), disc(features, 1, caption.flip(0)))
+    assert torch.isfinite(disc(features, 2, torch.zeros(2, 3, 8))).all()  # empty captions: no 0/0
+    with pytest.raises(ValueError, match="caption-aware: it needs context"):
+        disc(features, 1)
+    with pytest.raises(ValueError, match="caption-aware: it needs context"):
+        disc(features, 1, torch.randn(2, 3, 4))
 
 
 def test_finite_difference_penalty_matches_autograd_gradient_norm():

@@ -179,18 +179,21 @@ def test_torchrun_two_ranks_keep_identical_weights_and_exit_steps(teacher_run, o
     assert not torch.equal(ranks[0][f"generator/{key}"], init[key])
 
 
-@pytest.mark.parametrize("backbone", ["critic", "teacher"])
-def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_run, ode_run, tmp_path, backbone):
+@pytest.mark.parametrize("backbone, caption", [("critic", False), ("teacher", False), ("critic", True)])
+def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_run, ode_run, tmp_path, backbone,
+                                                                        caption):
     """D's branches (its own step and the generator's ASD term) are noised in disc_min_t..disc_max_t,
     not at DMD's levels, where D could not tell n-step from (n+1)-step outputs apart; and D reads
-    the features of the backbone the config names, as it is when D steps."""
+    the features of the backbone the config names, as it is when D steps (and, caption-aware,
+    the captions as well)."""
     from trainer import dist
     from trainer.config import load_config
     from trainer.stages.distill import DistillStage
 
     words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 8, "asd_weight=10", "plan=4",
                                                             "export_plan=4", "disc_min_t=0.05", "disc_max_t=0.1",
-                                                            f"disc_backbone={backbone}")]
+                                                            f"disc_backbone={backbone}",
+                                                            f"disc_caption={str(caption).lower()}")]
     stage = DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
     seen = {"discriminator": [], "generator": []}
     d_step, pair = stage.discriminator_step, stage.disc_pair
@@ -216,6 +219,9 @@ def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_
     for step in range(8):
         stage.train_step(step)
     assert seen["discriminator"] and seen["generator"]  # ASD ran in both roles
+    # a caption-aware D refuses to run without captions of the pair's batch size, so these steps
+    # also show that every call of D (ASD term, D's step, R1/R2) passed them
+    assert (stage.discriminator.context_dim > 0) == caption
     for t in (t for ts in seen.values() for t in ts):
         assert ((t >= 50 - 1e-3) & (t <= 100 + 1e-3)).all(), t
 

@@ -134,6 +134,7 @@ class DistillConfig(RunConfig):
     disc_width: int = 0  # 0 = the critic's width
     disc_depths: list[int] = field(default_factory=list)  # critic blocks fed to D ([] = 3 spread over depth)
     disc_queries: int = 4
+    disc_caption: bool = False  # D's head also reads the pooled caption (a projection discriminator)
     # The network whose features D reads: "critic" (the fake score, as the paper) or "teacher"
     # (frozen: D's inputs do not drift while the critic trains on the generator's samples).
     disc_backbone: str = "critic"

@@ -66,7 +66,7 @@ def score(stage, pairs, generator: torch.Generator, repeats: int = 3) -> tuple[f
     for _ in range(repeats):
         for fake, real, n, context in pairs:
             x, t = stage.disc_pair(fake, real, generator)
-            d_fake, d_real = stage.discriminator(stage.disc_features(x, t, context), n).chunk(2)
+            d_fake, d_real = stage.disc_logits(stage.disc_features(x, t, context), n, context).chunk(2)
             wins += (d_real > d_fake).float().tolist()
             gaps += (d_real - d_fake).tolist()
     return sum(wins) / len(wins), sum(gaps) / len(gaps)

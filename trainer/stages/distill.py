@@ -100,7 +100,9 @@ class DistillStage(Stage):
             raise ValueError(f"disc_width={c.disc_width} must equal the critic's width {width} (or 0)")
         heads = next(h for h in (4, 2, 1) if width % h == 0)
         self.discriminator = ASDDiscriminator(width, len(self.depths), max(1, self.num_steps - 1),
-                                              num_queries=c.disc_queries, heads=heads).to(runtime.device)
+                                              num_queries=c.disc_queries, heads=heads,
+                                              context_dim=self.critic.config.text_dim if c.disc_caption else 0,
+                                              ).to(runtime.device)
         for module in (self.generator, self.critic, self.discriminator):
             dist.broadcast_module(module, runtime)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False)
@@ -175,6 +177,10 @@ class DistillStage(Stage):
         _, features = self.disc_backbone(x_t, t, torch.cat([context, context]), return_features=self.depths)
         return features
 
+    def disc_logits(self, features: list[torch.Tensor], n: int, context: torch.Tensor) -> torch.Tensor:
+        """D's logits (2B,) for a pair batch's features; `context` (B) as for `disc_features`."""
+        return self.discriminator(features, n, torch.cat([context, context]))
+
     # -- one iteration ----------------------------------------------------------------------
 
     def train_step(self, step: int) -> StepResult:
@@ -192,6 +198,7 @@ class DistillStage(Stage):
         train_generator = step % c.gen_update_ratio == 0
         logs: dict[str, float] = {"exit_step": float(exit_rest), "asd_n": float(n if use_asd else 0)}
         skipped: list[str] = []
+        disc_input = None  # (x, t, features) of D's pair, when the generator's ASD term made one
 
         rollout = self_forcing_rollout(
             self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
@@ -212,7 +219,9 @@ class DistillStage(Stage):
                 # Gradients flow through D's backbone into the n-step half; the critic and D are
                 # frozen here (the teacher always is), so none of them gets an ASD gradient.
                 x, t_pair = self.disc_pair(video, rollout.next_video.detach(), generator)
-                d_fake, d_real = self.discriminator(self.disc_features(x, t_pair, context), n).chunk(2)
+                features = self.disc_features(x, t_pair, context)
+                d_fake, d_real = self.disc_logits(features, n, context).chunk(2)
+                disc_input = (x.detach(), t_pair, [f.detach() for f in features])
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
                 loss = loss + c.asd_weight * g_loss
@@ -231,13 +240,17 @@ class DistillStage(Stage):
 
         # D's step comes before the critic's update: its features and R1/R2's perturbed features
         # must come from the same backbone weights (across an update the finite difference would
-        # measure the update, not D's slope). One batched no-grad pass reads both branches: D's
-        # noise range differs from the critic's, so the critic's training forward cannot serve.
+        # measure the update, not D's slope). On generator iterations D steps on the pair the ASD
+        # term just read (the backbone has not moved since; the generator's update does not touch
+        # it), which saves a backbone pass; otherwise one batched no-grad pass reads both branches
+        # (D's noise range differs from the critic's, so the critic's training forward cannot serve).
         sample = video.detach()
         if use_asd:
-            x, t_pair = self.disc_pair(sample, rollout.next_video.detach(), generator)
-            with torch.no_grad():
-                features = self.disc_features(x, t_pair, context)
+            if disc_input is None:
+                x, t_pair = self.disc_pair(sample, rollout.next_video.detach(), generator)
+                with torch.no_grad():
+                    disc_input = (x, t_pair, self.disc_features(x, t_pair, context))
+            x, t_pair, features = disc_input
             skipped += self.discriminator_step(step, x, t_pair, features, context, n, generator, logs)
 
         # Critic (fake score): flow matching on the generator's current samples.
@@ -266,7 +279,7 @@ class DistillStage(Stage):
         """
         c, rt = self.config, self.runtime
         batch = x.shape[0] // 2
-        logits = self.discriminator(features, n)
+        logits = self.disc_logits(features, n, context)
         d_fake, d_real = logits.chunk(2)
         loss = asd_discriminator_loss(d_fake, d_real)
         logs["logit_gap"] = (d_real - d_fake).mean().item()
@@ -274,7 +287,7 @@ class DistillStage(Stage):
             eps = noise_like(x.shape, generator, x.device)
             with torch.no_grad():  # D's parameters get the gradient, not its backbone
                 perturbed = self.disc_features(x + c.r1_sigma * eps, t, context)
-            penalty = finite_difference_penalty(self.discriminator(perturbed, n), logits, c.r1_sigma)
+            penalty = finite_difference_penalty(self.disc_logits(perturbed, n, context), logits, c.r1_sigma)
             r2, r1 = penalty[:batch].mean(), penalty[batch:].mean()
             logs["r1"], logs["r2"] = r1.item(), r2.item()
             loss = loss + c.r1_weight * c.r1_every * (r1 + r2)
