@@ -188,6 +188,13 @@ def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
     losses = [float(x) for x in (rows[0][5], rows[0][6])]
     assert all(x > 0 for x in losses) and float(rows[0][3]) == pytest.approx(summary["sec_per_step"], rel=0.01)
 
+    log_file = tmp_path / "vae.log"
+    log_file.write_text("a shell glob over runs/* also catches this")
+    with pytest.raises(SystemExit):
+        log_figures([str(out), str(log_file)])
+    error = capsys.readouterr().err
+    assert "not a run directory" in error and "vae.log" in error and "vae," not in error
+
 
 def test_scalars_only_some_steps_have_still_reach_tensorboard(tmp_path):
     """The generator's losses exist on every gen_update_ratio-th step only; log_every must not hide them."""

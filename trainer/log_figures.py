@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.log_figures", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (with run.json and tensorboard/)")
     args = parser.parse_args(argv)
+    from .loop import RUN_FILE
+
+    not_runs = [run for run in args.runs if not (Path(run) / RUN_FILE).is_file()]
+    if not_runs:  # e.g. a shell glob that also caught the runs' log files
+        parser.error(f"not a run directory (no {RUN_FILE}): {', '.join(not_runs)}; give the runs' out_dir folders")
     print("| run | stage | steps | s/step | scalar | first 10% | last 10% |")
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
