@@ -87,6 +87,18 @@ def test_frozen_videos_lose_motion_only(real, real_scores):
     assert s["fd"] > 5 * real_scores["fd"]
 
 
+def test_empty_frames_counts_frames_without_any_shape(real, real_scores):
+    """The collapse diagnostic: 0 for the domain, the blanked share of frames otherwise."""
+    videos, captions = real
+    assert real_scores["empty_frames"] == 0.0
+    blanked = videos.copy()
+    blanked[:, 8:] = BACKGROUND_RGB  # background from frame 8 on: 1 - 8/T of the frames are empty
+    s = evaluate_videos(blanked, captions)
+    assert s["empty_frames"] == pytest.approx(1 - 8 / videos.shape[1])
+    noise = np.random.default_rng(0).integers(0, 256, videos.shape, dtype=np.uint8)
+    assert evaluate_videos(noise, captions)["empty_frames"] > 0.9
+
+
 def test_shuffled_frames_lose_temporal_consistency(real):
     videos, captions = real
     rng = np.random.default_rng(1)

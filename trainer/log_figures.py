@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def read_scalars(run: Path) -> dict[str, np.ndarray]:
     folder = run / "tensorboard"
     if not folder.is_dir():
         raise SystemExit(f"{run}: no tensorboard/ folder (was the run started with tensorboard=false?)")
+    # A resumed run logs again from its checkpoint's step; the accumulator then drops the older
+    # file's points from that step on (what we want) and warns about each: keep the table clean.
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
     accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0 = keep every point
     accumulator.Reload()
     return {tag: np.array([(e.step, e.value) for e in accumulator.Scalars(tag)])

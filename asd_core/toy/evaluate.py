@@ -1,7 +1,8 @@
 """Exact, VBench-like scores for videos of the toy domain (`asd_core.toy.domain`).
 
-Every score is in [0, 1] (higher is better) except `fd` (>= 0, lower is better); the domain's
-own videos score 1.0 on every quality and semantic figure. Scores are computed per video,
+Every score is in [0, 1] (higher is better) except `fd` (>= 0, lower is better) and the
+diagnostic `empty_frames` (lower is better); the domain's own videos score 1.0 on every
+quality and semantic figure. Scores are computed per video,
 then averaged over videos.
 
 Segmentation (shared by all scores). Each pixel is assigned to the nearest of the background
@@ -51,6 +52,10 @@ Semantic (VBench "Semantic Score" dimensions in brackets), per frame, averaged:
 - semantic = mean of the three.
 
 total = 0.8 * quality + 0.2 * semantic: VBench's Total = (4 Quality + Semantic) / 5.
+
+empty_frames (a diagnostic, in no score): fraction of frames with no significant blob of any
+colour. The domain always shows 1-3 shapes (0.0); a student that collapsed to blank frames
+shows it here first (docs/results.md: a learning discriminator drove students there).
 
 fd: Frechet distance between Gaussians fitted to fixed hand-made per-video features of the
 generated and the real videos (class fractions, blob count/size/fill/kind mix, tracked
@@ -453,7 +458,8 @@ def _score(videos, captions, motion_tolerance, min_area) -> tuple[dict[str, np.n
     rows, feats = [], []
     for video, pair in zip(videos, pairs):
         an = _analyse(video, area)
-        rows.append(_quality_scores(video, an, motion_tolerance) | _semantic_scores(an, pair))
+        empty = float(np.mean(an.count[:, 1:].sum(axis=1) == 0))
+        rows.append(_quality_scores(video, an, motion_tolerance) | _semantic_scores(an, pair) | {"empty_frames": empty})
         feats.append(_features(video, an))
     scores = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     scores["quality"] = sum(w * scores[k] for k, w in QUALITY_WEIGHTS.items()) / sum(QUALITY_WEIGHTS.values())
