@@ -2,8 +2,7 @@
 
 Every score is in [0, 1] (higher is better) except `fd` (>= 0, lower is better) and the
 diagnostic `empty_frames` (lower is better); the domain's own videos score 1.0 on every
-quality and semantic figure. Scores are computed per video,
-then averaged over videos.
+quality and semantic figure. Scores are computed per video, then averaged over videos.
 
 Segmentation (shared by all scores). Each pixel is assigned to the nearest of the background
 colour and the 7 palette colours if it lies within ASSIGN_RADIUS (60, RGB Euclidean; the
