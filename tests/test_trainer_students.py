@@ -123,6 +123,23 @@ def test_export_command_writes_the_ema_student(distill_runs, tmp_path, capsys):
     assert "has not finished" in capsys.readouterr().err
 
 
+def test_export_at_a_step_writes_what_the_stage_exports(distill_runs, tmp_path, capsys):
+    """`export --step` reads the checkpoint; the stage's own export is the reference (same step)."""
+    run = distill_runs["asd"]
+    out = tmp_path / "step4.safetensors"
+    assert main(["export", str(run), "--step", "4", "--out", str(out)]) == 0
+    exported, final = read_checkpoint(out), read_checkpoint(run / "model.safetensors")
+    assert exported.state_dict.keys() == final.state_dict.keys()
+    assert all(torch.equal(exported.state_dict[k], final.state_dict[k]) for k in final.state_dict)
+    assert exported.metadata == final.metadata  # config, plan, role and asd_weight
+    assert load_model(out).trained_plan == "2"
+    capsys.readouterr()
+    assert main(["export", str(run), "--step", "3", "--out", str(tmp_path / "x.safetensors")]) == 2
+    error = capsys.readouterr().err
+    assert "no checkpoint at step 3" in error and "it has: 4" in error
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_distill_resume_is_exact(teacher_run, ode_run, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     extra = ["asd_weight=10", "r1_weight=1"]

@@ -1,4 +1,4 @@
-"""`asd-train CONFIG.yaml [key=value ...] [--resume]`, `asd-train export RUN_DIR --out FILE`,
+"""`asd-train CONFIG.yaml [key=value ...] [--resume]`, `asd-train export RUN_DIR [--step N] --out FILE`,
 `asd-train prepare {latents,prompts} ...` (= `python -m trainer.prepare`, see trainer/prepare.py)."""
 
 from __future__ import annotations
@@ -35,17 +35,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    """Copy a finished run's exported model (EMA weights, config + plan in metadata) to --out."""
+    """Copy a finished run's exported model (EMA weights, config + plan in metadata) to --out,
+    or with --step write the same from the checkpoint at that step (trainer/export.py)."""
     parser = argparse.ArgumentParser(prog="asd-train export")
     parser.add_argument("run_dir")
     parser.add_argument("--out", required=True, help="destination .safetensors")
+    parser.add_argument("--step", type=int, help="export the checkpoint at this step instead of the finished model "
+                                                 "(a run part-way, or one that was stopped)")
     args = parser.parse_args(argv)
-    source = Path(args.run_dir) / FINAL_MODEL
-    if not source.is_file():
-        raise ValueError(f"{source} not found: the run has not finished (resume it with --resume)")
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out.name!r}")
+    if args.step is not None:
+        from .export import export_step
+
+        export_step(args.run_dir, args.step, out)
+        print(f"exported {args.run_dir} at step {args.step} -> {out}")
+        return 0
+    source = Path(args.run_dir) / FINAL_MODEL
+    if not source.is_file():
+        raise ValueError(f"{source} not found: the run has not finished (resume it with --resume, "
+                         "or export one of its checkpoints with --step N)")
     from asd_core.atomic import atomic_path
 
     with atomic_path(out, suffix=".tmp") as temp:

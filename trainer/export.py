@@ -1,0 +1,45 @@
+"""A model file from a resumable checkpoint: `asd-train export RUN_DIR --step N --out FILE`.
+
+A finished run already wrote its model (`model.safetensors`); this is for the checkpoints on
+the way there: evaluating a run part-way (where a student started to collapse, say), or
+taking a model from a run that was stopped. The file is the one the stage's own export
+writes at that step: the EMA network, the model config, the plan and the role in metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asd_core.checkpoint import save_checkpoint
+from asd_core.config import CausalWanConfig
+
+from .loop import CHECKPOINTS
+from .state import PREFIX, Checkpointer, read_meta, read_module_state
+
+ROLES = {"teacher": "teacher", "ode_init": "ode_init", "distill": "student"}  # stage -> asd.role
+
+
+def checkpoint_at(run_dir: Path, step: int) -> Path:
+    """The run's complete checkpoint at `step`, or a ValueError that lists the steps there are."""
+    checkpoints = Checkpointer(run_dir / CHECKPOINTS)
+    found = {int(path.name[len(PREFIX):]): path for path in checkpoints.complete()}
+    if step not in found:
+        have = ", ".join(str(s) for s in sorted(found)) or "none"
+        raise ValueError(f"{run_dir} has no checkpoint at step {step}; it has: {have} "
+                         "(save_every and keep_last decide which are kept)")
+    return found[step]
+
+
+def export_step(run_dir: str | Path, step: int, out: str | Path) -> Path:
+    """Write the EMA network of the run's checkpoint at `step` to `out`, as the stage's export would."""
+    path = checkpoint_at(Path(run_dir), step)
+    extra = read_meta(path)["extra"]
+    stage = extra.get("config", {}).get("stage", "?")
+    if stage not in ROLES or "model_config" not in extra:
+        raise ValueError(f"{path} is a '{stage}' checkpoint: only teacher, ode_init and distill runs hold a "
+                         "transformer to export")
+    metadata = {"asd.role": ROLES[stage]}
+    if stage == "distill":
+        metadata["asd.asd_weight"] = str(extra["config"]["asd_weight"])
+    config = CausalWanConfig.from_json(extra["model_config"])
+    return save_checkpoint(out, read_module_state(path, "ema"), config, plan=extra["plan"], extra=metadata)
