@@ -243,6 +243,47 @@ def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_
         assert ((t >= 50 - 1e-3) & (t <= 100 + 1e-3)).all(), t
 
 
+@pytest.mark.parametrize("asd_real", ["continue", "rollout"])
+def test_asd_real_sample_is_the_continuation_or_a_separate_rollout(teacher_run, ode_run, tmp_path, monkeypatch,
+                                                                   asd_real):
+    """asd_real=continue: D's real branch is the main rollout taken one step further; =rollout:
+    the output of a second, gradient-free rollout from other noise, exiting one step later."""
+    from trainer import dist
+    from trainer.config import load_config
+    from trainer.stages import distill
+
+    words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 6, "asd_weight=10", "plan=4",
+                                                            "export_plan=4", f"asd_real={asd_real}")]
+    stage = distill.DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+    calls, pairs = [], []
+    real_rollout, real_pair = distill.self_forcing_rollout, stage.disc_pair
+
+    def rollout(model, noise, context, **kwargs):
+        out = real_rollout(model, noise, context, **kwargs)
+        calls.append({"noise": noise, "out": out, **kwargs})
+        return out
+
+    def disc_pair(fake, real, generator):
+        pairs.append((len(calls), real))
+        return real_pair(fake, real, generator)
+
+    monkeypatch.setattr(distill, "self_forcing_rollout", rollout)
+    stage.disc_pair = disc_pair
+    for step in range(6):
+        stage.train_step(step)
+    assert pairs, "no iteration ran ASD"
+    for calls_so_far, real in pairs:
+        if asd_real == "continue":
+            main = calls[calls_so_far - 1]
+            assert main["one_more_step"] and torch.equal(real, main["out"].next_video)
+        else:
+            main, second = calls[calls_so_far - 2], calls[calls_so_far - 1]
+            assert not main["one_more_step"] and not second["grad"]
+            assert second["exit_rest"] == main["exit_rest"] + 1
+            assert not torch.equal(second["noise"], main["noise"])
+            assert torch.equal(real, second["out"].video)
+
+
 def test_discriminator_noise_range_is_checked(tmp_path):
     from trainer.config import load_config
 
@@ -251,6 +292,8 @@ def test_discriminator_noise_range_is_checked(tmp_path):
         load_config(distill, [f"out_dir={tmp_path}", "disc_min_t=0.5", "disc_max_t=0.2"])
     with pytest.raises(ValueError, match="disc_backbone must be 'critic' or 'teacher', got 'vae'"):
         load_config(distill, [f"out_dir={tmp_path}", "disc_backbone=vae"])
+    with pytest.raises(ValueError, match="asd_real must be 'continue' .* got 'fresh'"):
+        load_config(distill, [f"out_dir={tmp_path}", "asd_real=fresh"])
 
 
 def probe_args(teacher_run, ode_run, *extra):

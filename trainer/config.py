@@ -135,6 +135,11 @@ class DistillConfig(RunConfig):
     disc_depths: list[int] = field(default_factory=list)  # critic blocks fed to D ([] = 3 spread over depth)
     disc_queries: int = 4
     disc_caption: bool = False  # D's head also reads the pooled caption (a projection discriminator)
+    # Where ASD's (n+1)-step "real" sample comes from: "continue" = the n-step output re-noised and
+    # denoised once more (one trajectory); "rollout" = a separate no-grad rollout to n+1 steps from
+    # fresh noise (same captions). With "continue" a blank n-step output makes a blank real sample
+    # too, a fixed point students collapsed to (docs/results.md); "rollout" breaks that link.
+    asd_real: str = "continue"
     # The network whose features D reads: "critic" (the fake score, as the paper) or "teacher"
     # (frozen: D's inputs do not drift while the critic trains on the generator's samples).
     disc_backbone: str = "critic"
@@ -284,6 +289,9 @@ def validate(config: RunConfig) -> None:
         if not 0 <= config.disc_min_t <= config.disc_max_t <= 1:
             raise ValueError(f"need 0 <= disc_min_t <= disc_max_t <= 1 (equal = one fixed level, 0 = clean), "
                              f"got {config.disc_min_t}, {config.disc_max_t}")
+        if config.asd_real not in ("continue", "rollout"):
+            raise ValueError(f"asd_real must be 'continue' (one more step from the n-step output) or 'rollout' "
+                             f"(a separate rollout to n+1 steps), got {config.asd_real!r}")
         if config.disc_backbone not in ("critic", "teacher"):
             raise ValueError(f"disc_backbone must be 'critic' or 'teacher', got {config.disc_backbone!r}")
         if config.disc_timestep_shift <= 0:

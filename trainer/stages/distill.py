@@ -10,7 +10,8 @@ own KV cache; the exit step index e ~ U{0..N-1} is drawn on rank 0 and broadcast
 critic is updated every iteration; the generator every `gen_update_ratio`-th with
 L_DMD + alpha * L_ASD. *(inferred)* ASD's n is the exit step's count, n = e + 1: the
 n-step output (with gradient) is compared against the same rollout taken one step further
-(the (n+1)-step output, no gradient); when e is the last step there is no (n+1)-step output
+(the (n+1)-step output, no gradient; `asd_real=rollout`: a separate rollout to n+1 steps from
+fresh noise instead); when e is the last step there is no (n+1)-step output
 and the ASD terms are skipped, so n is uniform over {1..N-1} whenever they run and
 asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised independently
 (own noise, own timesteps) and scored by D on its backbone's features at a few depths; the
@@ -161,6 +162,18 @@ class DistillStage(Stage):
         sigma = t / 1000.0
         return add_noise(x, noise, sigma), t, sigma, noise
 
+    @torch.no_grad()
+    def separate_rollout(self, shape, context: torch.Tensor, exit_rest: int, generator: torch.Generator):
+        """asd_real=rollout: the generator's output after exit_rest + 1 steps from fresh noise (the
+        first chunk as the main rollout: its whole FFE plan, or the same exit), no gradient."""
+        c = self.config
+        exit_first = len(self.first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(self.first_steps) - 1)
+        noise = noise_like(shape, generator, self.runtime.device)
+        return self_forcing_rollout(
+            self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
+            exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=False,
+            context_noise=c.context_noise).video
+
     def disc_pair(self, fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator):
         """D's input: the n-step (fake) and (n+1)-step (real) outputs, each noised on its own at
         D's levels, batched n-step half first: (x_t (2B, ...), timesteps (2B,))."""
@@ -203,8 +216,12 @@ class DistillStage(Stage):
         rollout = self_forcing_rollout(
             self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
             exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=train_generator,
-            one_more_step=use_asd, context_noise=c.context_noise)
+            one_more_step=use_asd and c.asd_real == "continue", context_noise=c.context_noise)
         video = rollout.video  # (B, C, F, H, W), n-step output (grad on generator iterations)
+        next_video = None  # the (n+1)-step "real" sample ASD compares it with
+        if use_asd:
+            next_video = (rollout.next_video if c.asd_real == "continue"
+                          else self.separate_rollout(noise.shape, context, exit_rest + 1, generator))
 
         if train_generator:
             self.critic.requires_grad_(False)
@@ -218,7 +235,7 @@ class DistillStage(Stage):
             if use_asd:
                 # Gradients flow through D's backbone into the n-step half; the critic and D are
                 # frozen here (the teacher always is), so none of them gets an ASD gradient.
-                x, t_pair = self.disc_pair(video, rollout.next_video.detach(), generator)
+                x, t_pair = self.disc_pair(video, next_video.detach(), generator)
                 features = self.disc_features(x, t_pair, context)
                 d_fake, d_real = self.disc_logits(features, n, context).chunk(2)
                 disc_input = (x.detach(), t_pair, [f.detach() for f in features])
@@ -247,7 +264,7 @@ class DistillStage(Stage):
         sample = video.detach()
         if use_asd:
             if disc_input is None:
-                x, t_pair = self.disc_pair(sample, rollout.next_video.detach(), generator)
+                x, t_pair = self.disc_pair(sample, next_video.detach(), generator)
                 with torch.no_grad():
                     disc_input = (x, t_pair, self.disc_features(x, t_pair, context))
             x, t_pair, features = disc_input
