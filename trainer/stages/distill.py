@@ -162,17 +162,22 @@ class DistillStage(Stage):
         sigma = t / 1000.0
         return add_noise(x, noise, sigma), t, sigma, noise
 
-    @torch.no_grad()
-    def separate_rollout(self, shape, context: torch.Tensor, exit_rest: int, generator: torch.Generator):
-        """asd_real=rollout: the generator's output after exit_rest + 1 steps from fresh noise (the
-        first chunk as the main rollout: its whole FFE plan, or the same exit), no gradient."""
+    def rollout(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int, generator: torch.Generator, *,
+                grad: bool, one_more_step: bool = False):
+        """The generator rolled out to exit step `exit_rest` on later chunks; the first chunk runs
+        its whole FFE plan (ffe_first_plan) or exits at the same step (capped by its plan)."""
         c = self.config
         exit_first = len(self.first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(self.first_steps) - 1)
-        noise = noise_like(shape, generator, self.runtime.device)
         return self_forcing_rollout(
             self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
-            exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=False,
-            context_noise=c.context_noise).video
+            exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=grad,
+            one_more_step=one_more_step, context_noise=c.context_noise)
+
+    @torch.no_grad()
+    def separate_rollout(self, shape, context: torch.Tensor, exit_rest: int, generator: torch.Generator):
+        """asd_real=rollout: the generator's output at exit step `exit_rest` from fresh noise, no gradient."""
+        noise = noise_like(shape, generator, self.runtime.device)
+        return self.rollout(noise, context, exit_rest, generator, grad=False).video
 
     def disc_pair(self, fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator):
         """D's input: the n-step (fake) and (n+1)-step (real) outputs, each noised on its own at
@@ -205,7 +210,6 @@ class DistillStage(Stage):
         noise = noise_like((len(indices), channels, self.frames, self.height, self.width), generator, rt.device)
 
         exit_rest = self.draw_exit(step)
-        exit_first = len(self.first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(self.first_steps) - 1)
         n = exit_rest + 1
         use_asd = c.asd_weight > 0 and n <= self.num_steps - 1
         train_generator = step % c.gen_update_ratio == 0
@@ -213,10 +217,8 @@ class DistillStage(Stage):
         skipped: list[str] = []
         disc_input = None  # (x, t, features) of D's pair, when the generator's ASD term made one
 
-        rollout = self_forcing_rollout(
-            self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
-            exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=train_generator,
-            one_more_step=use_asd and c.asd_real == "continue", context_noise=c.context_noise)
+        rollout = self.rollout(noise, context, exit_rest, generator, grad=train_generator,
+                               one_more_step=use_asd and c.asd_real == "continue")
         video = rollout.video  # (B, C, F, H, W), n-step output (grad on generator iterations)
         next_video = None  # the (n+1)-step "real" sample ASD compares it with
         if use_asd:
