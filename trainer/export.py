@@ -3,7 +3,8 @@
 A finished run already wrote its model (`model.safetensors`); this is for the checkpoints on
 the way there: evaluating a run part-way (where a student started to collapse, say), or
 taking a model from a run that was stopped. The file is the one the stage's own export
-writes at that step: the EMA network, the model config, the plan and the role in metadata.
+writes at that step: the EMA network, the model config, the plan and the metadata the stage
+records for its export (role, alpha) in every checkpoint.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from asd_core.config import CausalWanConfig
 
 from .loop import CHECKPOINTS
 from .state import PREFIX, Checkpointer, read_meta, read_module_state
-
-ROLES = {"teacher": "teacher", "ode_init": "ode_init", "distill": "student"}  # stage -> asd.role
 
 
 def checkpoint_at(run_dir: Path, step: int) -> Path:
@@ -34,12 +33,13 @@ def export_step(run_dir: str | Path, step: int, out: str | Path) -> Path:
     """Write the EMA network of the run's checkpoint at `step` to `out`, as the stage's export would."""
     path = checkpoint_at(Path(run_dir), step)
     extra = read_meta(path)["extra"]
-    stage = extra.get("config", {}).get("stage", "?")
-    if stage not in ROLES or "model_config" not in extra:
+    if "model_config" not in extra:
+        stage = extra.get("config", {}).get("stage", "?")
         raise ValueError(f"{path} is a '{stage}' checkpoint: only teacher, ode_init and distill runs hold a "
                          "transformer to export")
-    metadata = {"asd.role": ROLES[stage]}
-    if stage == "distill":
-        metadata["asd.asd_weight"] = str(extra["config"]["asd_weight"])
+    if "export_metadata" not in extra:  # the stage records what its export writes; older checkpoints did not
+        raise ValueError(f"{path} predates `export --step` (no export_metadata): resume the run past its next "
+                         "save, or export the finished run without --step")
     config = CausalWanConfig.from_json(extra["model_config"])
-    return save_checkpoint(out, read_module_state(path, "ema"), config, plan=extra["plan"], extra=metadata)
+    return save_checkpoint(out, read_module_state(path, "ema"), config, plan=extra["plan"],
+                           extra=extra["export_metadata"])

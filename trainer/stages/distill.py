@@ -138,8 +138,12 @@ class DistillStage(Stage):
     def export_plan(self) -> str:
         return self.config.export_plan or self.config.plan
 
+    def export_metadata(self) -> dict[str, str]:
+        return {"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight)}
+
     def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae}
+        return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae,
+                "export_metadata": self.export_metadata()}
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -332,7 +336,7 @@ class DistillStage(Stage):
         if not self.runtime.is_main:
             return path
         save_checkpoint(path, weights, self.model_config, plan=self.export_plan(),
-                        extra={"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight)})
+                        extra=self.export_metadata())
         if self.prompts.encoder is not None:
             self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
         return path

@@ -117,8 +117,12 @@ class OdeInitStage(Stage):
     def schedulers(self):
         return {"student": self.scheduler}
 
+    def export_metadata(self) -> dict[str, str]:
+        return {"asd.role": "ode_init"}
+
     def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": self.config.plan, "vae": self.vae}
+        return {"model_config": self.model_config.to_json(), "plan": self.config.plan, "vae": self.vae,
+                "export_metadata": self.export_metadata()}
 
     def train_step(self, step: int) -> StepResult:
         c, rt = self.config, self.runtime
@@ -162,7 +166,7 @@ class OdeInitStage(Stage):
         weights = network_state(self.ema)  # a collective when sharded
         if not self.runtime.is_main:
             return path
-        save_checkpoint(path, weights, self.model_config, plan=self.config.plan, extra={"asd.role": "ode_init"})
+        save_checkpoint(path, weights, self.model_config, plan=self.config.plan, extra=self.export_metadata())
         if self.prompts.encoder is not None:
             self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
         return path

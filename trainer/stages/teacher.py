@@ -118,8 +118,12 @@ class TeacherStage(Stage):
     def schedulers(self):
         return {"teacher": self.scheduler}
 
+    def export_metadata(self) -> dict[str, str]:
+        return {"asd.role": "teacher"}
+
     def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": TEACHER_PLAN, "vae": self.vae}
+        return {"model_config": self.model_config.to_json(), "plan": TEACHER_PLAN, "vae": self.vae,
+                "export_metadata": self.export_metadata()}
 
     def batch(self, indices: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean latents (B, C, F, H, W) and text contexts (B, L, D), each text dropped with p = cfg_dropout."""
@@ -174,7 +178,7 @@ class TeacherStage(Stage):
         weights = network_state(self.ema)  # a collective when sharded
         if not self.runtime.is_main:
             return path
-        save_checkpoint(path, weights, self.model_config, plan=TEACHER_PLAN, extra={"asd.role": "teacher"})
+        save_checkpoint(path, weights, self.model_config, plan=TEACHER_PLAN, extra=self.export_metadata())
         if self.text_encoder is not None:
             self.text_encoder.save(path.parent / TEXT_ENCODER_FILE)
         return path
