@@ -97,3 +97,34 @@ def approx_gradient_penalty(d_fn: Callable[[torch.Tensor], torch.Tensor], x: tor
 def finite_difference_penalty(d_perturbed: torch.Tensor, d_clean: torch.Tensor, sigma: float) -> torch.Tensor:
     """Per-sample (D(x + sigma*eps) - D(x))^2 / sigma^2: the estimate above, when D(x) is already at hand."""
     return (d_perturbed - d_clean).float().square() / sigma**2
+
+
+def weigh_at_output(x: torch.Tensor, main: torch.Tensor, extra: torch.Tensor, weight: float,
+                    relative: bool, eps: float = 1e-12) -> tuple[torch.Tensor, dict[str, float]]:
+    """main + w * extra as one loss, with w set from both losses' gradients at the output x.
+
+    Why: with a fixed alpha the ASD gradient's share of the generator's update is whatever D
+    makes it, and students collapsed once D learned (docs/results.md). Taking both gradients
+    at x (the generator's output; neither pass reaches the generator, so this is cheap) lets
+    `relative=True` fix the share instead: per sample, ||w g_extra|| = weight * ||g_main||
+    (VQGAN's adaptive weight, taken at the output rather than at the last layer). With
+    `relative=False`, w = weight, the same gradient as backward of main + weight * extra.
+
+    Returns (loss, logs). The loss's value is main + mean(w) * extra; its backward sends exactly
+    g_main + w * g_extra into x, so the generator's backward runs once. The graph from `extra`
+    to x is consumed here. logs: grad_ratio = mean ||g_extra|| / ||g_main|| (unweighted),
+    extra_weight = mean(w).
+    """
+    g_main, = torch.autograd.grad(main, x, retain_graph=True)
+    g_extra, = torch.autograd.grad(extra, x)
+    norm_main = g_main.float().flatten(1).norm(dim=1)
+    norm_extra = g_extra.float().flatten(1).norm(dim=1)
+    ratio = norm_extra / norm_main.clamp_min(eps)
+    if relative:
+        w = weight * norm_main / norm_extra.clamp_min(eps)
+    else:
+        w = torch.full_like(norm_main, weight)
+    direction = g_main.float() + w.view(-1, *[1] * (x.ndim - 1)) * g_extra.float()
+    along = (x.float() * direction).sum()
+    value = (main + w.mean() * extra).detach()
+    return along - along.detach() + value, {"grad_ratio": ratio.mean().item(), "extra_weight": w.mean().item()}

@@ -12,6 +12,7 @@ from asd_core.losses import (
     dmd_loss,
     flow_matching_loss,
     flow_target,
+    weigh_at_output,
     x0_from_flow,
 )
 
@@ -168,3 +169,45 @@ def test_finite_difference_penalty_matches_autograd_gradient_norm():
     autograd = x.grad.square().sum(-1).mean()
     estimate = approx_gradient_penalty(d_fn, x, sigma=1e-3, generator=torch.Generator().manual_seed(0))
     assert abs(estimate.item() / autograd.item() - 1) < 0.05
+
+
+def _output_and_losses(seed: int):
+    """A parameter, an output computed from it (B=3, video-shaped), and two losses of the output."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(3, 2, 2, 3, 3, generator=g, requires_grad=True)
+    x = torch.tanh(theta) * 2  # a non-leaf output, like the generator's video
+    target = torch.randn(3, 2, 2, 3, 3, generator=g)
+    scale = torch.tensor([1.0, 10.0, 0.1]).view(3, 1, 1, 1, 1)  # per-sample gradient sizes differ
+    main = 0.5 * (x - target).square().mean()
+    extra = (scale * x.sin()).sum(dim=(1, 2, 3, 4)).mean()
+    return theta, x, main, extra
+
+
+def test_fixed_weighting_gives_the_gradient_of_the_weighted_sum():
+    theta, x, main, extra = _output_and_losses(0)
+    expected, = torch.autograd.grad(main + 0.7 * extra, theta, retain_graph=True)
+    loss, logs = weigh_at_output(x, main, extra, 0.7, relative=False)
+    got, = torch.autograd.grad(loss, theta)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(loss, (main + 0.7 * extra).detach())
+    assert logs["extra_weight"] == pytest.approx(0.7)
+
+
+def test_relative_weighting_scales_each_samples_extra_gradient_to_a_share_of_the_main_one():
+    theta, x, main, extra = _output_and_losses(1)
+    g_main, = torch.autograd.grad(main, x, retain_graph=True)
+    g_extra, = torch.autograd.grad(extra, x, retain_graph=True)
+    loss, logs = weigh_at_output(x, main, extra, 0.5, relative=True)
+    at_x, = torch.autograd.grad(loss, x, retain_graph=True)
+    extra_part = at_x - g_main  # what the extra loss contributes at the output, per sample
+    for i in range(3):
+        # Same direction as the extra loss's own gradient, half the main gradient's norm.
+        cosine = torch.nn.functional.cosine_similarity(extra_part[i].flatten(), g_extra[i].flatten(), dim=0)
+        assert cosine == pytest.approx(1.0, abs=1e-5)
+        assert extra_part[i].norm() == pytest.approx(0.5 * g_main[i].norm().item(), rel=1e-5)
+    ratios = g_extra.flatten(1).norm(dim=1) / g_main.flatten(1).norm(dim=1)
+    assert logs["grad_ratio"] == pytest.approx(ratios.mean().item(), rel=1e-5)
+    # The chain rule below the output is untouched: theta gets d x / d theta applied to it.
+    got, = torch.autograd.grad(loss, theta, retain_graph=True)
+    expected, = torch.autograd.grad(x, theta, grad_outputs=at_x)
+    torch.testing.assert_close(got, expected)

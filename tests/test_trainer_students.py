@@ -284,6 +284,31 @@ def test_asd_real_sample_is_the_continuation_or_a_separate_rollout(teacher_run, 
             assert torch.equal(real, second["out"].video)
 
 
+@pytest.mark.parametrize("weighting", ["fixed", "relative"])
+def test_asd_weighting_fixes_alpha_or_the_ratio_of_the_gradients_at_the_output(teacher_run, ode_run, tmp_path,
+                                                                               weighting):
+    """fixed: L_ASD's weight is alpha; relative: per sample, ||w g_ASD|| = alpha ||g_DMD|| at the
+    generator's output (one sample per batch here, so the logged means are that sample's)."""
+    from trainer import dist
+    from trainer.config import load_config
+    from trainer.stages.distill import DistillStage
+
+    words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 8, "asd_weight=0.3", "plan=4",
+                                                            "export_plan=4", "batch_size=1",
+                                                            f"asd_weighting={weighting}")]
+    stage = DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+    generator_asd_steps = [logs for logs in (stage.train_step(step).logs for step in range(8))
+                           if "asd_grad_ratio" in logs]
+    assert generator_asd_steps, "no generator iteration ran ASD"
+    for logs in generator_asd_steps:
+        assert logs["asd_grad_ratio"] > 0
+        if weighting == "fixed":
+            assert logs["asd_effective_weight"] == pytest.approx(0.3)
+        else:
+            assert logs["asd_effective_weight"] * logs["asd_grad_ratio"] == pytest.approx(0.3, rel=1e-4)
+            assert logs["asd_effective_weight"] != pytest.approx(0.3)
+
+
 def test_discriminator_noise_range_is_checked(tmp_path):
     from trainer.config import load_config
 
@@ -294,6 +319,8 @@ def test_discriminator_noise_range_is_checked(tmp_path):
         load_config(distill, [f"out_dir={tmp_path}", "disc_backbone=vae"])
     with pytest.raises(ValueError, match="asd_real must be 'continue' .* got 'fresh'"):
         load_config(distill, [f"out_dir={tmp_path}", "asd_real=fresh"])
+    with pytest.raises(ValueError, match="asd_weighting must be 'fixed' .* got 'adaptive'"):
+        load_config(distill, [f"out_dir={tmp_path}", "asd_weighting=adaptive"])
 
 
 def probe_args(teacher_run, ode_run, *extra):

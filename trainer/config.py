@@ -131,6 +131,10 @@ class DistillConfig(RunConfig):
     timestep_shift: float = 5.0
     context_noise: float = 0.0  # timestep of the cache-filling pass (0 = clean)
     asd_weight: float = 0.0  # alpha; 0 turns ASD off (same code path, D not trained)
+    # How alpha weighs L_ASD: "fixed" = loss L_DMD + alpha * L_ASD; "relative" = per sample, the
+    # ASD gradient at the generator's output is scaled to alpha times the DMD gradient's norm
+    # there (D cannot take over the update however steep it gets; asd_core.losses.weigh_at_output).
+    asd_weighting: str = "fixed"
     disc_width: int = 0  # 0 = the critic's width
     disc_depths: list[int] = field(default_factory=list)  # critic blocks fed to D ([] = 3 spread over depth)
     disc_queries: int = 4
@@ -292,6 +296,9 @@ def validate(config: RunConfig) -> None:
         if config.asd_real not in ("continue", "rollout"):
             raise ValueError(f"asd_real must be 'continue' (one more step from the n-step output) or 'rollout' "
                              f"(a separate rollout to n+1 steps), got {config.asd_real!r}")
+        if config.asd_weighting not in ("fixed", "relative"):
+            raise ValueError(f"asd_weighting must be 'fixed' (L_DMD + alpha * L_ASD) or 'relative' (the ASD gradient "
+                             f"scaled to alpha x the DMD gradient's norm), got {config.asd_weighting!r}")
         if config.disc_backbone not in ("critic", "teacher"):
             raise ValueError(f"disc_backbone must be 'critic' or 'teacher', got {config.disc_backbone!r}")
         if config.disc_timestep_shift <= 0:

@@ -21,7 +21,7 @@ KEY_SCALARS = {
     "vae": ["loss", "l1", "mse"],
     "teacher": ["loss"],
     "ode_init": ["loss"],
-    "distill": ["dmd_loss", "critic_loss", "asd_generator_loss", "discriminator_loss", "logit_gap"],
+    "distill": ["dmd_loss", "critic_loss", "asd_generator_loss", "discriminator_loss", "logit_gap", "asd_grad_ratio"],
 }
 
 

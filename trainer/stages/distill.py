@@ -8,7 +8,8 @@ or the frozen teacher's with disc_backbone=teacher).
 One iteration (Self Forcing's schedule): the generator is rolled out chunk by chunk with its
 own KV cache; the exit step index e ~ U{0..N-1} is drawn on rank 0 and broadcast. The
 critic is updated every iteration; the generator every `gen_update_ratio`-th with
-L_DMD + alpha * L_ASD. *(inferred)* ASD's n is the exit step's count, n = e + 1: the
+L_DMD + alpha * L_ASD (`asd_weighting=relative`: alpha fixes the ratio of the two gradients'
+norms at the generator's output instead). *(inferred)* ASD's n is the exit step's count, n = e + 1: the
 n-step output (with gradient) is compared against the same rollout taken one step further
 (the (n+1)-step output, no gradient; `asd_real=rollout`: a separate rollout to n+1 steps from
 fresh noise instead); when e is the last step there is no (n+1)-step output
@@ -38,6 +39,7 @@ from asd_core.losses import (
     dmd_loss,
     finite_difference_penalty,
     flow_matching_loss,
+    weigh_at_output,
     x0_from_flow,
 )
 
@@ -247,7 +249,9 @@ class DistillStage(Stage):
                 disc_input = (x.detach(), t_pair, [f.detach() for f in features])
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
-                loss = loss + c.asd_weight * g_loss
+                loss, weigh_logs = weigh_at_output(video, loss, g_loss, c.asd_weight,
+                                                   relative=c.asd_weighting == "relative")
+                logs["asd_grad_ratio"], logs["asd_effective_weight"] = weigh_logs["grad_ratio"], weigh_logs["extra_weight"]
             logs["generator_loss"] = loss.item()
             applied, norm = apply_update(loss, list(self.generator.parameters()), self.opt_generator, rt, c.grad_clip)
             # Unfrozen only after backward: gradient checkpointing recomputes the critic's blocks in
