@@ -26,7 +26,7 @@ import torch
 
 from . import dist
 from .config import load_config
-from .rollout import noise_like, self_forcing_rollout
+from .rollout import noise_like
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "toy" / "distill.yaml"
 
@@ -40,10 +40,8 @@ def rollout_pairs(stage, batches: int, batch_size: int, generator: torch.Generat
             shape = (batch_size, stage.generator.config.in_channels, stage.frames, stage.height, stage.width)
             noise = noise_like(shape, generator, stage.runtime.device)
             exit_step = b % (stage.num_steps - 1)
-            rollout = self_forcing_rollout(
-                stage.generator, noise, context, first_steps=stage.first_steps, rest_steps=stage.rest_steps,
-                exit_first=min(exit_step, len(stage.first_steps) - 1), exit_rest=exit_step, generator=generator,
-                grad=False, one_more_step=True)
+            # The stage's own rollout, so --set ffe_first_plan=... / context_noise=... shape the pairs as in training.
+            rollout = stage.rollout(noise, context, exit_step, generator, grad=False, one_more_step=True)
             pairs.append((rollout.video, rollout.next_video, exit_step + 1, context))
     return pairs
 
