@@ -103,7 +103,9 @@ def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
     for name, run in distill_runs.items():
         student = load_model(run / "model.safetensors")
         assert student.trained_plan == "2" and student.config.chunk_frames == 2
-        assert read_checkpoint(run / "model.safetensors").metadata["asd.role"] == "student"
+        metadata = read_checkpoint(run / "model.safetensors").metadata
+        assert metadata["asd.role"] == "student" and metadata["asd.asd_weighting"] == "fixed"
+        assert metadata["asd.asd_weight"] == {"dmd": "0.0", "asd": "10.0"}[name]
         state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
         key = "blocks.0.attn1.to_q.weight"
         assert not torch.equal(state[f"model/generator/{key}"], init[key])  # the generator trained

@@ -141,7 +141,8 @@ class DistillStage(Stage):
         return self.config.export_plan or self.config.plan
 
     def export_metadata(self) -> dict[str, str]:
-        return {"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight)}
+        return {"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight),
+                "asd.asd_weighting": self.config.asd_weighting}
 
     def checkpoint_extra(self):
         return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae,
