@@ -56,7 +56,7 @@ STAGES = [
                                    "save_every=200"]),
     # The two students differ only in ASD (alpha): the ablation of docs/results.md. ASD's
     # gradient at the generator's output is held at alpha = 1 x DMD's (asd_weighting=relative):
-    # unweighted it grows from ~3-8x to 18-85x DMD's as D learns, and with a fixed alpha the
+    # unweighted it grew from 3-6x to 10-52x DMD's as D learned, and with a fixed alpha the
     # students collapsed to empty frames; relative 2 collapsed too. Training seed 1: the shipped
     # pair's (docs/results.md, "Relative weighting").
     ("distill_asd", "distill.yaml", [*DISTILL, "seed=1", "asd_weight=1", "asd_weighting=relative"]),
