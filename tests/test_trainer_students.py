@@ -52,6 +52,16 @@ def distill_args(teacher_run, ode_run, steps, *extra):
             "plan=2", "export_plan=2", "gen_update_ratio=2", "ema_start=0", "save_every=100", *TINY_VIDEO, *extra]
 
 
+def distill_stage(teacher_run, ode_run, out_dir: Path, steps: int, *extra: str):
+    """A distill stage built in-process (plan 4, exported at 4), for tests that step it by hand."""
+    from trainer import dist
+    from trainer.config import load_config
+    from trainer.stages.distill import DistillStage
+
+    words = [f"out_dir={out_dir}", *QUIET, *distill_args(teacher_run, ode_run, steps, "plan=4", "export_plan=4", *extra)]
+    return DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+
+
 def tensors(path: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(str(path))
 
@@ -205,15 +215,8 @@ def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_
     not at DMD's levels, where D could not tell n-step from (n+1)-step outputs apart; and D reads
     the features of the backbone the config names, as it is when D steps (and, caption-aware,
     the captions as well)."""
-    from trainer import dist
-    from trainer.config import load_config
-    from trainer.stages.distill import DistillStage
-
-    words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 8, "asd_weight=10", "plan=4",
-                                                            "export_plan=4", "disc_min_t=0.05", "disc_max_t=0.1",
-                                                            f"disc_backbone={backbone}",
-                                                            f"disc_caption={str(caption).lower()}")]
-    stage = DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+    stage = distill_stage(teacher_run, ode_run, tmp_path, 8, "asd_weight=10", "disc_min_t=0.05", "disc_max_t=0.1",
+                          f"disc_backbone={backbone}", f"disc_caption={str(caption).lower()}")
     seen = {"discriminator": [], "generator": []}
     d_step, pair = stage.discriminator_step, stage.disc_pair
 
@@ -250,13 +253,9 @@ def test_asd_real_sample_is_the_continuation_or_a_separate_rollout(teacher_run, 
                                                                    asd_real):
     """asd_real=continue: D's real branch is the main rollout taken one step further; =rollout:
     the output of a second, gradient-free rollout from other noise, exiting one step later."""
-    from trainer import dist
-    from trainer.config import load_config
     from trainer.stages import distill
 
-    words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 6, "asd_weight=10", "plan=4",
-                                                            "export_plan=4", f"asd_real={asd_real}")]
-    stage = distill.DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+    stage = distill_stage(teacher_run, ode_run, tmp_path, 6, "asd_weight=10", f"asd_real={asd_real}")
     calls, pairs = [], []
     real_rollout, real_pair = distill.self_forcing_rollout, stage.disc_pair
 
@@ -291,14 +290,8 @@ def test_asd_weighting_fixes_alpha_or_the_ratio_of_the_gradients_at_the_output(t
                                                                                weighting):
     """fixed: L_ASD's weight is alpha; relative: per sample, ||w g_ASD|| = alpha ||g_DMD|| at the
     generator's output (one sample per batch here, so the logged means are that sample's)."""
-    from trainer import dist
-    from trainer.config import load_config
-    from trainer.stages.distill import DistillStage
-
-    words = [f"out_dir={tmp_path}", *QUIET, *distill_args(teacher_run, ode_run, 8, "asd_weight=0.3", "plan=4",
-                                                            "export_plan=4", "batch_size=1",
-                                                            f"asd_weighting={weighting}")]
-    stage = DistillStage(load_config(CONFIGS / "toy" / "distill.yaml", words), dist.init_runtime("cpu"))
+    stage = distill_stage(teacher_run, ode_run, tmp_path, 8, "asd_weight=0.3", "batch_size=1",
+                          f"asd_weighting={weighting}")
     generator_asd_steps = [logs for logs in (stage.train_step(step).logs for step in range(8))
                            if "asd_grad_ratio" in logs]
     assert generator_asd_steps, "no generator iteration ran ASD"
