@@ -1,6 +1,8 @@
 """The trainer on tiny configs: stages run end to end, resume is exact, bad runs stop clearly."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from trainer.cli import main
 from trainer.config import load_config
 from trainer.state import TENSORS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "trainer" / "configs"
 QUIET = ["progress=false", "tensorboard=false"]
 TINY_VIDEO = ["latent_height=4", "latent_width=4"]
 TINY_MODEL = ["model.num_layers=1", "model.num_attention_heads=1", "model.attention_head_dim=32",
@@ -194,6 +197,13 @@ def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
         log_figures([str(out), str(log_file)])
     error = capsys.readouterr().err
     assert "not a run directory" in error and "vae.log" in error
+
+    # `python -m trainer.log_figures runs/* | head`: the reader leaves early; no traceback
+    reader_gone = subprocess.Popen([sys.executable, "-m", "trainer.log_figures", str(out)], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()
+    assert reader_gone.wait(timeout=120) == 1
+    assert b"Traceback" not in reader_gone.stderr.read()
 
 
 def test_scalars_only_some_steps_have_still_reach_tensorboard(tmp_path):

@@ -248,11 +248,12 @@ def test_discriminator_reads_its_backbone_at_its_own_lower_noise_levels(teacher_
         assert ((t >= 50 - 1e-3) & (t <= 100 + 1e-3)).all(), t
 
 
-@pytest.mark.parametrize("asd_real", ["continue", "rollout"])
+@pytest.mark.parametrize("asd_real", ["continue", "rollout", "same_noise"])
 def test_asd_real_sample_is_the_continuation_or_a_separate_rollout(teacher_run, ode_run, tmp_path, monkeypatch,
                                                                    asd_real):
     """asd_real=continue: D's real branch is the main rollout taken one step further; =rollout:
-    the output of a second, gradient-free rollout from other noise, exiting one step later."""
+    the output of a second, gradient-free rollout from other noise, exiting one step later;
+    =same_noise: that second rollout from the main rollout's own noise."""
     from trainer.stages import distill
 
     stage = distill_stage(teacher_run, ode_run, tmp_path, 6, "asd_weight=10", f"asd_real={asd_real}")
@@ -281,8 +282,42 @@ def test_asd_real_sample_is_the_continuation_or_a_separate_rollout(teacher_run, 
             main, second = calls[calls_so_far - 2], calls[calls_so_far - 1]
             assert not main["one_more_step"] and not second["grad"]
             assert second["exit_rest"] == main["exit_rest"] + 1
-            assert not torch.equal(second["noise"], main["noise"])
+            assert torch.equal(second["noise"], main["noise"]) == (asd_real == "same_noise")
             assert torch.equal(real, second["out"].video)
+
+
+@pytest.mark.parametrize("exit_plans", ["nested", "per_count"])
+def test_an_n_step_exit_walks_the_training_plan_or_the_plan_users_sample_with(teacher_run, ode_run, tmp_path,
+                                                                               exit_plans):
+    """Read off the generator's own calls: with plan 4, nested exits walk the first n of
+    [1000, 937.5, 833.3, 625]; per_count ones walk the sampler's n-step plan ("2": [1000, 833.3]),
+    and ASD's real branch the (n+1)-step plan. Every chunk ends with a cache fill at t = 0."""
+    from asd_core.schedule import parse_plan
+
+    stage = distill_stage(teacher_run, ode_run, tmp_path, 12, "asd_weight=1", "asd_real=same_noise",
+                          f"exit_plans={exit_plans}")
+    calls = []
+    forward = stage.generator.forward
+
+    def recording_forward(x, timestep, context, **kwargs):
+        calls.append((round(float(torch.as_tensor(timestep).flatten()[0]), 3), kwargs.get("update_cache", False)))
+        return forward(x, timestep, context, **kwargs)
+
+    stage.generator.forward = recording_forward
+    training = [round(t, 3) for t in parse_plan("4").rest]
+    exits = set()
+    for step in range(12):
+        calls.clear()
+        logs = stage.train_step(step).logs
+        n = int(logs["exit_step"]) + 1
+        exits.add(n)
+        expected = []
+        for count in ([n, n + 1] if logs["asd_n"] else [n]):  # the n-step rollout, then ASD's real one
+            steps = training[:count] if exit_plans == "nested" else [round(t, 3) for t in parse_plan(str(count)).rest]
+            for chunk in range(2):  # 4 latent frames in chunks of 2: the last chunk fills no cache
+                expected += [(t, False) for t in steps] + ([(0.0, True)] if chunk == 0 else [])
+        assert calls == expected, (step, n, calls)
+    assert {1, 2, 3} <= exits
 
 
 @pytest.mark.parametrize("weighting", ["fixed", "relative"])
@@ -316,6 +351,13 @@ def test_discriminator_noise_range_is_checked(tmp_path):
         load_config(distill, [f"out_dir={tmp_path}", "asd_real=fresh"])
     with pytest.raises(ValueError, match="asd_weighting must be 'fixed' .* got 'adaptive'"):
         load_config(distill, [f"out_dir={tmp_path}", "asd_weighting=adaptive"])
+    with pytest.raises(ValueError, match="exit_plans must be 'nested' .* got 'matched'"):
+        load_config(distill, [f"out_dir={tmp_path}", "exit_plans=matched"])
+    with pytest.raises(ValueError, match="exit_plans=per_count needs plan=N, a step count .* got plan='1\\*'"):
+        load_config(distill, [f"out_dir={tmp_path}", "exit_plans=per_count", "plan=1*", "asd_real=rollout"])
+    with pytest.raises(ValueError, match="set asd_real=same_noise or asd_real=rollout"):
+        load_config(distill, [f"out_dir={tmp_path}", "exit_plans=per_count", "asd_weight=1"])
+    load_config(distill, [f"out_dir={tmp_path}", "exit_plans=per_count", "asd_weight=0"])  # DMD only: no real branch
 
 
 def probe_args(teacher_run, ode_run, *extra):

@@ -118,6 +118,10 @@ class DistillConfig(RunConfig):
     init: str = ""  # generator initialisation (the ode_init run)
     plan: str = "4"  # training steps N: every chunk rolled out with these timesteps
     ffe_first_plan: str = ""  # FFE-aware rollout: chunk 0 runs this (longer) plan to its end ("" = off)
+    # Which timesteps an n-step exit walks: "nested" = the first n of the training plan (Self
+    # Forcing: the 2-step output is [1000, 937.5]); "per_count" = the n-step plan users sample
+    # with (`parse_plan("2")`: [1000, 833.3]), so every exit trains a plan the sampler runs.
+    exit_plans: str = "nested"
     export_plan: str = ""  # plan written into exported checkpoints ("" = plan)
     cfg_scale: float = 3.0  # real score guidance
     gen_update_ratio: int = 5  # generator updated every this many critic steps
@@ -141,8 +145,10 @@ class DistillConfig(RunConfig):
     disc_caption: bool = False  # D's head also reads the pooled caption (a projection discriminator)
     # Where ASD's (n+1)-step "real" sample comes from: "continue" = the n-step output re-noised and
     # denoised once more (one trajectory); "rollout" = a separate no-grad rollout to n+1 steps from
-    # fresh noise (same captions). With "continue" a blank n-step output makes a blank real sample
-    # too, a fixed point students collapsed to (docs/results.md); "rollout" breaks that link.
+    # fresh noise (same captions); "same_noise" = that rollout from the n-step branch's own noise.
+    # With "continue" a blank n-step output makes a blank real sample too, a fixed point students
+    # collapsed to (docs/results.md); the separate rollouts break that link. exit_plans=per_count
+    # needs a separate rollout: the (n+1)-step plan does not continue the n-step one.
     asd_real: str = "continue"
     # The network whose features D reads: "critic" (the fake score, as the paper) or "teacher"
     # (frozen: D's inputs do not drift while the critic trains on the generator's samples).
@@ -293,9 +299,22 @@ def validate(config: RunConfig) -> None:
         if not 0 <= config.disc_min_t <= config.disc_max_t <= 1:
             raise ValueError(f"need 0 <= disc_min_t <= disc_max_t <= 1 (equal = one fixed level, 0 = clean), "
                              f"got {config.disc_min_t}, {config.disc_max_t}")
-        if config.asd_real not in ("continue", "rollout"):
-            raise ValueError(f"asd_real must be 'continue' (one more step from the n-step output) or 'rollout' "
-                             f"(a separate rollout to n+1 steps), got {config.asd_real!r}")
+        if config.asd_real not in ("continue", "rollout", "same_noise"):
+            raise ValueError(f"asd_real must be 'continue' (one more step from the n-step output), 'rollout' "
+                             f"(a separate rollout to n+1 steps from fresh noise) or 'same_noise' (that rollout "
+                             f"from the n-step branch's noise), got {config.asd_real!r}")
+        if config.exit_plans not in ("nested", "per_count"):
+            raise ValueError(f"exit_plans must be 'nested' (an n-step exit walks the first n timesteps of the "
+                             f"plan) or 'per_count' (it walks the n-step plan users sample with), "
+                             f"got {config.exit_plans!r}")
+        if config.exit_plans == "per_count":
+            if not config.plan.strip().isdigit():
+                raise ValueError(f"exit_plans=per_count needs plan=N, a step count (the n-step plans are "
+                                 f"parse_plan('n') for n = 1..N), got plan={config.plan!r}")
+            if config.asd_weight > 0 and config.asd_real == "continue":
+                raise ValueError("exit_plans=per_count has no one-trajectory continuation (the (n+1)-step plan's "
+                                 "timesteps differ from the n-step plan's): set asd_real=same_noise or "
+                                 "asd_real=rollout")
         if config.asd_weighting not in ("fixed", "relative"):
             raise ValueError(f"asd_weighting must be 'fixed' (L_DMD + alpha * L_ASD) or 'relative' (the ASD gradient "
                              f"scaled to alpha x the DMD gradient's norm), got {config.asd_weighting!r}")

@@ -3,7 +3,7 @@
     python -m trainer.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
 
 A diagnostic for the distill stage: the student is frozen, its rollout pairs (n-step output,
-the same rollout one step further) are made once with the trainer's own rollout, and the
+ASD's (n+1)-step real sample, by default the same rollout one step further) are made once with the trainer's own rollout, and the
 distill stage's fresh D is trained on them by the stage's own D step (its head, relativistic
 loss, R1/R2, optimizer) with `disc_backbone=teacher` (frozen) at the chosen noise levels, then
 scored on held-out pairs.
@@ -40,9 +40,10 @@ def rollout_pairs(stage, batches: int, batch_size: int, generator: torch.Generat
             shape = (batch_size, stage.generator.config.in_channels, stage.frames, stage.height, stage.width)
             noise = noise_like(shape, generator, stage.runtime.device)
             exit_step = b % (stage.num_steps - 1)
-            # The stage's own rollout, so --set ffe_first_plan=... / context_noise=... shape the pairs as in training.
-            rollout = stage.rollout(noise, context, exit_step, generator, grad=False, one_more_step=True)
-            pairs.append((rollout.video, rollout.next_video, exit_step + 1, context))
+            # The stage's own pair, so --set ffe_first_plan=... / context_noise=... / exit_plans=... /
+            # asd_real=... shape the pairs as in training.
+            video, real = stage.rollout_pair(noise, context, exit_step, generator, grad=False, with_real=True)
+            pairs.append((video, real, exit_step + 1, context))
     return pairs
 
 

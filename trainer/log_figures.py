@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,11 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     not_runs = [run for run in args.runs if not (Path(run) / RUN_FILE).is_file()]
     if not_runs:  # e.g. a shell glob that also caught the runs' log files
         parser.error(f"not a run directory (no {RUN_FILE}): {', '.join(not_runs)}; give the runs' out_dir folders")
-    print("| run | stage | steps | s/step | scalar | first 10% | last 10% |")
-    print("|---|---|---|---|---|---|---|")
-    for run in args.runs:
-        for row in run_rows(Path(run)):
-            print(row)
+    try:
+        print("| run | stage | steps | s/step | scalar | first 10% | last 10% |")
+        print("|---|---|---|---|---|---|---|")
+        for run in args.runs:
+            for row in run_rows(Path(run)):
+                print(row)
+            sys.stdout.flush()  # a closed pipe shows up here, inside the try
+    except BrokenPipeError:  # the reader left early (`... | head`): stop quietly, as `cat` does
+        # stdout onto /dev/null, else the interpreter's exit-time flush raises the same error again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -21,6 +21,10 @@ lower than DMD's: at DMD's mostly-high levels D never told the branches apart. D
 on the same pairs with the relativistic loss plus approximate R1 (on the (n+1)-step branch)
 and R2 (on the n-step branch).
 FFE-aware training (`ffe_first_plan`): chunk 0 is rolled out with its longer plan to its end.
+`exit_plans=per_count`: an n-step exit walks the n-step plan the sampler runs (plan "2" is
+[1000, 833.3]) instead of the first n timesteps of the training plan ([1000, 937.5]), so the
+2-step output trained is the 2-step output users get; ASD's real branch is then the (n+1)-step
+plan's own rollout (`asd_real=same_noise` or `rollout`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from asd_core.losses import (
     weigh_at_output,
     x0_from_flow,
 )
+from asd_core.schedule import parse_plan
 
 from .. import dist
 from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
@@ -81,6 +86,8 @@ class DistillStage(Stage):
         self.frames, self.height, self.width = video_size(c)
         self.first_steps, self.rest_steps = training_plan(c.plan, c.ffe_first_plan)
         self.num_steps = len(self.rest_steps)  # N: the training step count of later chunks
+        # per_count: the later chunks' timesteps of an n-step exit, n = 1..N (the sampler's plan "n")
+        self.count_plans = {n: tuple(parse_plan(str(n)).rest) for n in range(1, self.num_steps + 1)}
 
         chunk = model_config_of(c.init).chunk_frames
         if self.frames % chunk:
@@ -169,22 +176,46 @@ class DistillStage(Stage):
         sigma = t / 1000.0
         return add_noise(x, noise, sigma), t, sigma, noise
 
+    def exit_timesteps(self, exit_rest: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(first chunk's, later chunks') timesteps walked by a rollout exiting at index `exit_rest`
+        on later chunks: the training plan (nested) or the (exit_rest + 1)-step plan (per_count;
+        the first chunk too, unless FFE-aware training gives it its own plan)."""
+        if self.config.exit_plans == "nested":
+            return self.first_steps, self.rest_steps
+        rest = self.count_plans[exit_rest + 1]
+        return (self.first_steps if self.config.ffe_first_plan else rest), rest
+
     def rollout(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int, generator: torch.Generator, *,
                 grad: bool, one_more_step: bool = False):
         """The generator rolled out to exit step `exit_rest` on later chunks; the first chunk runs
         its whole FFE plan (ffe_first_plan) or exits at the same step (capped by its plan)."""
         c = self.config
-        exit_first = len(self.first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(self.first_steps) - 1)
+        first_steps, rest_steps = self.exit_timesteps(exit_rest)
+        exit_first = len(first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(first_steps) - 1)
         return self_forcing_rollout(
-            self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
+            self.generator, noise, context, first_steps=first_steps, rest_steps=rest_steps,
             exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=grad,
             one_more_step=one_more_step, context_noise=c.context_noise)
 
     @torch.no_grad()
-    def separate_rollout(self, shape, context: torch.Tensor, exit_rest: int, generator: torch.Generator):
-        """asd_real=rollout: the generator's output at exit step `exit_rest` from fresh noise, no gradient."""
-        noise = noise_like(shape, generator, self.runtime.device)
+    def separate_rollout(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int,
+                         generator: torch.Generator):
+        """ASD's real branch as its own rollout, exiting at `exit_rest`, no gradient: from fresh
+        noise (asd_real=rollout) or from the n-step branch's `noise` (asd_real=same_noise)."""
+        if self.config.asd_real == "rollout":
+            noise = noise_like(noise.shape, generator, self.runtime.device)
         return self.rollout(noise, context, exit_rest, generator, grad=False).video
+
+    def rollout_pair(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int, generator: torch.Generator, *,
+                     grad: bool, with_real: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n-step output, ASD's (n+1)-step real sample or None), n = exit_rest + 1, the real one
+        as `asd_real` says: the same rollout one step further, or a separate rollout."""
+        continued = with_real and self.config.asd_real == "continue"
+        rollout = self.rollout(noise, context, exit_rest, generator, grad=grad, one_more_step=continued)
+        if not with_real:
+            return rollout.video, None
+        real = rollout.next_video if continued else self.separate_rollout(noise, context, exit_rest + 1, generator)
+        return rollout.video, real
 
     def disc_pair(self, fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator):
         """D's input: the n-step (fake) and (n+1)-step (real) outputs, each noised on its own at
@@ -224,13 +255,10 @@ class DistillStage(Stage):
         skipped: list[str] = []
         disc_input = None  # (x, t, features) of D's pair, when the generator's ASD term made one
 
-        rollout = self.rollout(noise, context, exit_rest, generator, grad=train_generator,
-                               one_more_step=use_asd and c.asd_real == "continue")
-        video = rollout.video  # (B, C, F, H, W), n-step output (grad on generator iterations)
-        next_video = None  # the (n+1)-step "real" sample ASD compares it with
-        if use_asd:
-            next_video = (rollout.next_video if c.asd_real == "continue"
-                          else self.separate_rollout(noise.shape, context, exit_rest + 1, generator))
+        # video (B, C, F, H, W): the n-step output (grad on generator iterations); next_video: the
+        # (n+1)-step "real" sample ASD compares it with (None without ASD)
+        video, next_video = self.rollout_pair(noise, context, exit_rest, generator, grad=train_generator,
+                                              with_real=use_asd)
 
         if train_generator:
             self.critic.requires_grad_(False)
