@@ -320,6 +320,20 @@ def test_an_n_step_exit_walks_the_training_plan_or_the_plan_users_sample_with(te
     assert {1, 2, 3} <= exits
 
 
+def test_asd_counts_limit_the_n_asd_runs_at(teacher_run, ode_run, tmp_path):
+    """asd_counts=[2]: the ASD terms (and D's step) run on 2-step vs 3-step pairs only; DMD at every exit."""
+    stage = distill_stage(teacher_run, ode_run, tmp_path, 16, "asd_weight=1", "asd_counts=[2]")
+    logs = [stage.train_step(step).logs for step in range(16)]
+    exits = {int(entry["exit_step"]) + 1 for entry in logs}
+    assert {1, 2, 3} <= exits
+    for entry in logs:
+        n = int(entry["exit_step"]) + 1
+        assert entry["asd_n"] == (2 if n == 2 else 0)
+        assert ("logit_gap" in entry) == (n == 2)
+    with pytest.raises(ValueError, match=r"asd_counts \[3, 4\]: with plan='4' \(N = 4 steps\) .* n = 1..3 only"):
+        distill_stage(teacher_run, ode_run, tmp_path, 16, "asd_weight=1", "asd_counts=[3,4]")
+
+
 @pytest.mark.parametrize("weighting", ["fixed", "relative"])
 def test_asd_weighting_fixes_alpha_or_the_ratio_of_the_gradients_at_the_output(teacher_run, ode_run, tmp_path,
                                                                                weighting):
@@ -358,6 +372,8 @@ def test_discriminator_noise_range_is_checked(tmp_path):
     with pytest.raises(ValueError, match="set asd_real=same_noise or asd_real=rollout"):
         load_config(distill, [f"out_dir={tmp_path}", "exit_plans=per_count", "asd_weight=1"])
     load_config(distill, [f"out_dir={tmp_path}", "exit_plans=per_count", "asd_weight=0"])  # DMD only: no real branch
+    with pytest.raises(ValueError, match=r"asd_counts are step counts n >= 1 .* got \[0, 1\]"):
+        load_config(distill, [f"out_dir={tmp_path}", "asd_counts=[0,1]"])
 
 
 def probe_args(teacher_run, ode_run, *extra):

@@ -135,6 +135,7 @@ class DistillConfig(RunConfig):
     timestep_shift: float = 5.0
     context_noise: float = 0.0  # timestep of the cache-filling pass (0 = clean)
     asd_weight: float = 0.0  # alpha; 0 turns ASD off (same code path, D not trained)
+    asd_counts: list[int] = field(default_factory=list)  # the n ASD runs at (n-step vs (n+1)-step); [] = 1..N-1
     # How alpha weighs L_ASD: "fixed" = loss L_DMD + alpha * L_ASD; "relative" = per sample, the
     # ASD gradient at the generator's output is scaled to alpha times the DMD gradient's norm
     # there (D cannot take over the update however steep it gets; asd_core.losses.weigh_at_output).
@@ -322,5 +323,8 @@ def validate(config: RunConfig) -> None:
             raise ValueError(f"disc_backbone must be 'critic' or 'teacher', got {config.disc_backbone!r}")
         if config.disc_timestep_shift <= 0:
             raise ValueError(f"disc_timestep_shift must be > 0 (1 = no warp), got {config.disc_timestep_shift}")
+        if any(n < 1 for n in config.asd_counts):
+            raise ValueError(f"asd_counts are step counts n >= 1 (ASD compares n-step with (n+1)-step outputs), "
+                             f"got {config.asd_counts}")
         if config.asd_weight < 0:
             raise ValueError(f"asd_weight (alpha) must be >= 0, got {config.asd_weight}")

@@ -12,9 +12,9 @@ L_DMD + alpha * L_ASD (`asd_weighting=relative`: alpha fixes the ratio of the tw
 norms at the generator's output instead). *(inferred)* ASD's n is the exit step's count, n = e + 1: the
 n-step output (with gradient) is compared against the same rollout taken one step further
 (the (n+1)-step output, no gradient; `asd_real=rollout`: a separate rollout to n+1 steps from
-fresh noise instead); when e is the last step there is no (n+1)-step output
-and the ASD terms are skipped, so n is uniform over {1..N-1} whenever they run and
-asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised independently
+fresh noise instead); when e is the last step there is no (n+1)-step output and the ASD
+terms are skipped, so n is uniform over {1..N-1} (or over `asd_counts`, when given: ASD's
+terms run at those n only) whenever they run and asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised independently
 (own noise, own timesteps) and scored by D on its backbone's features at a few depths; the
 critic gets no gradient from any ASD term. D's noise levels (disc_min_t..disc_max_t) are
 lower than DMD's: at DMD's mostly-high levels D never told the branches apart. D is trained
@@ -88,6 +88,10 @@ class DistillStage(Stage):
         self.num_steps = len(self.rest_steps)  # N: the training step count of later chunks
         # per_count: the later chunks' timesteps of an n-step exit, n = 1..N (the sampler's plan "n")
         self.count_plans = {n: tuple(parse_plan(str(n)).rest) for n in range(1, self.num_steps + 1)}
+        self.asd_counts = set(c.asd_counts or range(1, self.num_steps))
+        if self.asd_counts and max(self.asd_counts) > self.num_steps - 1:
+            raise ValueError(f"asd_counts {sorted(self.asd_counts)}: with plan={c.plan!r} (N = {self.num_steps} steps) "
+                             f"ASD can compare n-step with (n+1)-step outputs for n = 1..{self.num_steps - 1} only")
 
         chunk = model_config_of(c.init).chunk_frames
         if self.frames % chunk:
@@ -249,7 +253,7 @@ class DistillStage(Stage):
 
         exit_rest = self.draw_exit(step)
         n = exit_rest + 1
-        use_asd = c.asd_weight > 0 and n <= self.num_steps - 1
+        use_asd = c.asd_weight > 0 and n in self.asd_counts
         train_generator = step % c.gen_update_ratio == 0
         logs: dict[str, float] = {"exit_step": float(exit_rest), "asd_n": float(n if use_asd else 0)}
         skipped: list[str] = []
