@@ -115,6 +115,7 @@ def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
         assert student.trained_plan == "2" and student.config.chunk_frames == 2
         metadata = read_checkpoint(run / "model.safetensors").metadata
         assert metadata["asd.role"] == "student" and metadata["asd.asd_weighting"] == "fixed"
+        assert metadata["asd.asd_counts"] == "1"  # plan 2: ASD compares 1-step with 2-step outputs only
         assert metadata["asd.asd_weight"] == {"dmd": "0.0", "asd": "10.0"}[name]
         state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
         key = "blocks.0.attn1.to_q.weight"
@@ -325,7 +326,7 @@ def test_asd_counts_limit_the_n_asd_runs_at(teacher_run, ode_run, tmp_path):
     stage = distill_stage(teacher_run, ode_run, tmp_path, 16, "asd_weight=1", "asd_counts=[2]")
     logs = [stage.train_step(step).logs for step in range(16)]
     exits = {int(entry["exit_step"]) + 1 for entry in logs}
-    assert {1, 2, 3} <= exits
+    assert {1, 2, 3} <= exits and stage.export_metadata()["asd.asd_counts"] == "2"
     for entry in logs:
         n = int(entry["exit_step"]) + 1
         assert entry["asd_n"] == (2 if n == 2 else 0)

@@ -14,8 +14,8 @@ n-step output (with gradient) is compared against the same rollout taken one ste
 (the (n+1)-step output, no gradient; `asd_real=rollout`: a separate rollout to n+1 steps from
 fresh noise instead); when e is the last step there is no (n+1)-step output and the ASD
 terms are skipped, so n is uniform over {1..N-1} (or over `asd_counts`, when given: ASD's
-terms run at those n only) whenever they run and asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised independently
-(own noise, own timesteps) and scored by D on its backbone's features at a few depths; the
+terms run at those n only) whenever they run and asd_weight=0 is exactly Self Forcing's DMD.
+Both branches are noised independently (own noise, own timesteps) and scored by D on its backbone's features at a few depths; the
 critic gets no gradient from any ASD term. D's noise levels (disc_min_t..disc_max_t) are
 lower than DMD's: at DMD's mostly-high levels D never told the branches apart. D is trained
 on the same pairs with the relativistic loss plus approximate R1 (on the (n+1)-step branch)
@@ -153,7 +153,8 @@ class DistillStage(Stage):
 
     def export_metadata(self) -> dict[str, str]:
         return {"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight),
-                "asd.asd_weighting": self.config.asd_weighting}
+                "asd.asd_weighting": self.config.asd_weighting,
+                "asd.asd_counts": ",".join(str(n) for n in sorted(self.asd_counts))}
 
     def checkpoint_extra(self):
         return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae,
