@@ -15,8 +15,8 @@ n-step output (with gradient) is compared against the same rollout taken one ste
 fresh noise instead); when e is the last step there is no (n+1)-step output and the ASD
 terms are skipped, so n is uniform over {1..N-1} (or over `asd_counts`, when given: ASD's
 terms run at those n only) whenever they run and asd_weight=0 is exactly Self Forcing's DMD.
-Both branches are noised independently (own noise, own timesteps) and scored by D on its backbone's features at a few depths; the
-critic gets no gradient from any ASD term. D's noise levels (disc_min_t..disc_max_t) are
+Both branches are noised independently (own noise, own timesteps) and scored by D on its
+backbone's features at a few depths; the critic gets no gradient from any ASD term. D's noise levels (disc_min_t..disc_max_t) are
 lower than DMD's: at DMD's mostly-high levels D never told the branches apart. D is trained
 on the same pairs with the relativistic loss plus approximate R1 (on the (n+1)-step branch)
 and R2 (on the n-step branch).
