@@ -3,10 +3,10 @@
     python -m trainer.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
 
 A diagnostic for the distill stage: the student is frozen, its rollout pairs (n-step output,
-ASD's (n+1)-step real sample, by default the same rollout one step further) are made once with the trainer's own rollout, and the
-distill stage's fresh D is trained on them by the stage's own D step (its head, relativistic
-loss, R1/R2, optimizer) with `disc_backbone=teacher` (frozen) at the chosen noise levels, then
-scored on held-out pairs.
+ASD's (n+1)-step real sample, by default the same rollout one step further) are made once with
+the trainer's own rollout, and the distill stage's fresh D is trained on them by the stage's
+own D step (its head, relativistic loss, R1/R2, optimizer) with `disc_backbone=teacher`
+(frozen) at the chosen noise levels, then scored on held-out pairs.
 Prints one JSON line: held-out accuracy (how often D ranks the (n+1)-step branch higher; 0.5
 is chance) and the mean logit gap. docs/results.md's "The discriminator" figures come from it.
 

@@ -16,10 +16,10 @@ fresh noise instead); when e is the last step there is no (n+1)-step output and 
 terms are skipped, so n is uniform over {1..N-1} (or over `asd_counts`, when given: ASD's
 terms run at those n only) whenever they run and asd_weight=0 is exactly Self Forcing's DMD.
 Both branches are noised independently (own noise, own timesteps) and scored by D on its
-backbone's features at a few depths; the critic gets no gradient from any ASD term. D's noise levels (disc_min_t..disc_max_t) are
-lower than DMD's: at DMD's mostly-high levels D never told the branches apart. D is trained
-on the same pairs with the relativistic loss plus approximate R1 (on the (n+1)-step branch)
-and R2 (on the n-step branch).
+backbone's features at a few depths; the critic gets no gradient from any ASD term. D's noise
+levels (disc_min_t..disc_max_t) are lower than DMD's: at DMD's mostly-high levels D never told
+the branches apart. D is trained on the same pairs with the relativistic loss plus approximate
+R1 (on the (n+1)-step branch) and R2 (on the n-step branch).
 FFE-aware training (`ffe_first_plan`): chunk 0 is rolled out with its longer plan to its end.
 `exit_plans=per_count`: an n-step exit walks the n-step plan the sampler runs (plan "2" is
 [1000, 833.3]) instead of the first n timesteps of the training plan ([1000, 937.5]), so the
