@@ -108,6 +108,11 @@ def explicit_plan(first: list[float] | None, rest: list[float], shift: float = D
             raise ValueError(f"'{name}' timesteps must lie in (0, 1000], got {steps}")
         if any(a <= b for a, b in zip(steps, steps[1:])):
             raise ValueError(f"'{name}' timesteps must be strictly decreasing, got {steps}")
+        if steps[0] != NUM_TRAIN_TIMESTEPS:
+            # Every chunk starts from pure noise; a first timestep below 1000 tells the model that
+            # noise is partly clean, and 'first=4' (meant as 4 steps) would sample garbage silently.
+            raise ValueError(f"'{name}' timesteps must start at 1000 (every chunk starts from pure noise), got "
+                             f"{steps}; for step counts write '4', or '1*4' for 4 first-chunk steps and 1 after")
     first = rest if first is None else first
     text = f"first={_join(first)};rest={_join(rest)}"
     return StepPlan(

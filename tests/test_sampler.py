@@ -74,7 +74,7 @@ def run(model, context, plan="1*", frames=6, seeds=(1, 2), **kwargs):
                             latent_height=H, latent_width=W, seeds=list(seeds), **kwargs)
 
 
-@pytest.mark.parametrize("plan", ["1", "2*", "first=1000,600;rest=900,300;shift=3"])
+@pytest.mark.parametrize("plan", ["1", "2*", "first=1000,600;rest=1000,300;shift=3"])
 def test_cached_sampler_equals_recompute_everything_reference(model, context, plan):
     got = run(model, context, plan)
     expected = reference_sampler(model, parse_plan(plan), context, 6, [1, 2])

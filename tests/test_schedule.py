@@ -59,6 +59,8 @@ def test_shift_option_and_default():
         ("first=1000", "no 'rest='"),
         ("rest=500,600", "strictly decreasing"),
         ("rest=0", "(0, 1000]"),
+        ("first=4;rest=1000", "must start at 1000"),
+        ("rest=750,500", "must start at 1000"),
         ("rest=a,b", "numbers separated by commas"),
         ("4;speed=2", "unknown key"),
         ("4;rest=1000", "mixes a shorthand"),
@@ -99,7 +101,7 @@ def test_ffe_plans_round_trip(rest, first):
 
 @given(st.lists(st.floats(min_value=0.5, max_value=1000.0, allow_nan=False), min_size=1, max_size=8, unique=True))
 def test_explicit_lists_parse_warp_monotonically_and_round_trip(values):
-    values = sorted(values, reverse=True)
+    values = [1000.0] + sorted((v for v in values if v < 1000), reverse=True)
     text = ",".join(repr(v) for v in values)
     plan = parse_plan(f"rest={text}")
     assert len(plan.rest) == len(values)

@@ -40,9 +40,11 @@ class VaeStage(Stage):
         super().__init__(config, runtime)
         torch.manual_seed(config.seed)
         self.vae = AutoencoderKLWan(**tiny_vae_config(**config.vae)).to(runtime.device)
+        self.init_stats = None  # (mean, std) of `init`: kept at export when the encoder is frozen
         if config.init:  # fine-tune a trained VAE (e.g. its decoder only)
-            trained = LatentCodec.load(resolve_model_file(config.init)).vae
-            self.vae.load_state_dict(trained.state_dict())
+            trained = LatentCodec.load(resolve_model_file(config.init))
+            self.vae.load_state_dict(trained.vae.state_dict())
+            self.init_stats = (list(trained.mean), list(trained.std))
         dist.broadcast_module(self.vae, runtime)
         if config.freeze_encoder:
             # Decoder fine-tuning: the latent space (and every model trained in it) stays as it is,
@@ -91,15 +93,26 @@ class VaeStage(Stage):
 
     @torch.no_grad()
     def export(self, path: Path) -> Path:
-        """The VAE with its latent statistics measured on clips it never trained on (rank 0 writes)."""
+        """The VAE with its latent statistics (rank 0 writes).
+
+        A fresh encoder gets statistics measured on clips it never trained on. A decoder
+        fine-tune keeps `init`'s: every model trained in the latent space normalised its
+        latents with them, and re-measuring (on clips of another length, say) would decode
+        those models' outputs through a shifted normalisation.
+        """
         if not self.runtime.is_main:
             return path
         vae = copy.deepcopy(self.vae).eval()  # the codec freezes what it wraps; keep the trained one trainable
+        if self.config.freeze_encoder and self.init_stats is not None:
+            mean, std = self.init_stats
+        else:
+            mean, std = self._measure_latent_stats(vae)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
+        LatentCodec(vae).save(path)
+        return path
+
+    def _measure_latent_stats(self, vae: AutoencoderKLWan) -> tuple[list[float], list[float]]:
         pixels, _ = pixel_batch(list(range(10**6, 10**6 + self.config.stats_clips)), self.config.clip_frames,
                                 self.height, self.width)
         raw = torch.cat([vae.encode(p[None].to(self.runtime.device)).latent_dist.mode() for p in pixels])
-        mean = raw.mean(dim=(0, 2, 3, 4))
-        std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
-        vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
-        LatentCodec(vae).save(path)
-        return path
+        return raw.mean(dim=(0, 2, 3, 4)).tolist(), raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4).tolist()
