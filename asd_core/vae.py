@@ -71,6 +71,21 @@ def pixel_frames_for(latent_frames: int) -> int:
     return (latent_frames - 1) * TEMPORAL_FACTOR + 1
 
 
+def chunk_pixel_ranges(latent_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """(first, last) pixel frame decoded from each chunk of `chunk_frames` latent frames.
+
+    Latent frame 0 is pixel frame 0 alone; latent frame j >= 1 is pixel frames 4j-3 .. 4j.
+    """
+    if latent_frames < 1 or chunk_frames < 1 or latent_frames % chunk_frames:
+        raise ValueError(f"{latent_frames} latent frames do not split into chunks of {chunk_frames}")
+    ranges = []
+    for start in range(0, latent_frames, chunk_frames):
+        last = start + chunk_frames - 1
+        first_pixel = 0 if start == 0 else TEMPORAL_FACTOR * start - (TEMPORAL_FACTOR - 1)
+        ranges.append((first_pixel, TEMPORAL_FACTOR * last))
+    return ranges
+
+
 class LatentCodec:
     """An `AutoencoderKLWan` plus the statistics that normalise its latents."""
 

@@ -44,6 +44,14 @@ def test_real_videos_score_at_the_top(capsys):
     assert result["num"] == 6 and result["plan"] == "-"
 
 
+def test_per_chunk_reports_each_chunk_of_the_video(capsys):
+    result = run_json(capsys, "--model", "real", "--num", "4", "--per-chunk")
+    chunks = result["chunks"]
+    assert chunks["pixel_frames"] == [[0, 8], [9, 20], [21, 32]]  # 3 chunks of 3 latent frames, 33 pixel frames
+    assert chunks["colour"] == [1.0, 1.0, 1.0] and chunks["empty_frames"] == [0.0, 0.0, 0.0]
+    assert "chunks" not in run_json(capsys, "--model", "real", "--num", "4")
+
+
 def test_checkpoint_is_scored_reproducibly_and_below_real(toy_files, capsys):
     args = ["--checkpoint", str(toy_files["student"]), "--vae", str(toy_files["vae"]), "--num", "3", "--batch", "2"]
     first = run_json(capsys, *args)

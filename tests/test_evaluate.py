@@ -24,6 +24,7 @@ from asd_core.toy.evaluate import (
     ReferenceStats,
     evaluate_videos,
     find_blobs,
+    frame_profile,
     frechet_distance,
     label_blobs,
     score_videos,
@@ -97,6 +98,23 @@ def test_empty_frames_counts_frames_without_any_shape(real, real_scores):
     assert s["empty_frames"] == pytest.approx(1 - 8 / videos.shape[1])
     noise = np.random.default_rng(0).integers(0, 256, videos.shape, dtype=np.uint8)
     assert evaluate_videos(noise, captions)["empty_frames"] > 0.9
+
+
+def test_frame_profile_locates_where_a_video_goes_wrong(real):
+    """Per range of frames: the domain is perfect everywhere; blanking the later frames shows there only."""
+    videos, captions = real
+    ranges = [(0, 8), (9, 20), (21, 32)]
+    clean = frame_profile(videos, captions, ranges)
+    assert clean == {"colour": [1.0] * 3, "multiple_objects": [1.0] * 3, "empty_frames": [0.0] * 3,
+                     "sharpness": [1.0] * 3}
+    blanked = videos.copy()
+    blanked[:, 21:] = BACKGROUND_RGB
+    profile = frame_profile(blanked, captions, ranges)
+    assert profile["empty_frames"] == [0.0, 0.0, 1.0] and profile["colour"] == [1.0, 1.0, 0.0]
+    wrong = frame_profile(videos, [_swap_colours(c) for c in captions], ranges)
+    assert wrong["colour"] == [0.0] * 3 and wrong["empty_frames"] == [0.0] * 3
+    with pytest.raises(ValueError, match="outside the videos' 33 frames"):
+        frame_profile(videos, captions, [(21, 33)])
 
 
 def test_shuffled_frames_lose_temporal_consistency(real):

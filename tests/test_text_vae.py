@@ -18,6 +18,7 @@ from asd_core.vae import (
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
     LatentCodec,
+    chunk_pixel_ranges,
     from_raw,
     latent_frames_for,
     load_codec,
@@ -72,6 +73,21 @@ def test_encode_shapes_and_frame_rule(codec):
     with pytest.raises(ValueError, match="4k\\+1"):
         codec.encode(torch.zeros(1, 3, 8, 32, 32))
     assert latent_frames_for(1) == 1 and latent_frames_for(33) == 9 and latent_frames_for(81) == 21
+
+
+def test_chunk_pixel_ranges_are_what_the_streaming_decoder_yields_per_chunk():
+    """The per-chunk frame ranges asd-eval reports, against the decoder itself chunk by chunk."""
+    codec = LatentCodec.tiny_random()
+    stream, decoded = codec.decode_stream(), 0
+    expected = []
+    for chunk in torch.zeros(1, 16, 9, 2, 2).split(3, dim=2):
+        frames = stream.push(chunk).shape[2]
+        expected.append((decoded, decoded + frames - 1))
+        decoded += frames
+    assert chunk_pixel_ranges(9, 3) == expected == [(0, 8), (9, 20), (21, 32)]
+    assert chunk_pixel_ranges(4, 1) == [(0, 0), (1, 4), (5, 8), (9, 12)]
+    with pytest.raises(ValueError, match="do not split"):
+        chunk_pixel_ranges(9, 2)
 
 
 def test_raw_and_normalised_spaces_match_wan_pipeline_convention():

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", help="toy text encoder file (default: text_encoder.safetensors beside the "
                                           "checkpoint, else the shipped one)")
     p.add_argument("--vae", help="toy VAE file (default: the shipped one)")
+    p.add_argument("--per-chunk", action="store_true",
+                   help="also report colour, multiple_objects, empty_frames and sharpness per chunk of the video "
+                        "(key 'chunks': one value per chunk, and the chunks' pixel frames)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -102,9 +105,15 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += f", cfg {cfg:g}"
 
     result = evaluate_videos(videos, captions)
-    from ..toy.evaluate import score_videos
+    from ..toy.evaluate import frame_profile, score_videos
 
     result["std_total"] = float(score_videos(videos, captions)["total"].std())
+    if args.per_chunk:
+        from ..vae import chunk_pixel_ranges
+
+        chunk = TOY.chunk_frames if not args.checkpoint and args.model in ("real", "real-vae") else model.config.chunk_frames
+        ranges = chunk_pixel_ranges(TOY.latent_frames, chunk)
+        result["chunks"] = {"pixel_frames": [list(r) for r in ranges]} | frame_profile(videos, captions, ranges)
     result |= {"model": label, "plan": plan_spec, "num": args.num, "seed": args.seed,
                "seconds": round(time.perf_counter() - start, 2)}
     return result
@@ -200,6 +209,9 @@ def format_result(result: dict) -> str:
     lines = [head] + [f"  {k:<20} {result[k]:.4f}" for k in main_keys]
     lines += [f"  {k:<20} {v:.4f}" for k, v in sorted(result.items())
               if isinstance(v, float) and k not in main_keys and k != "seconds"]
+    for key, values in result.get("chunks", {}).items():
+        if key != "pixel_frames":
+            lines.append(f"  {key + ' per chunk':<20} " + " ".join(f"{v:.4f}" for v in values))
     lines.append(f"  ({result['seconds']:.1f} s)")
     return "\n".join(lines)
 

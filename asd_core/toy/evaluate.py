@@ -467,6 +467,46 @@ def _score(videos, captions, motion_tolerance, min_area) -> tuple[dict[str, np.n
     return scores, np.stack(feats)
 
 
+def frame_profile(
+    videos: np.ndarray,
+    captions: list[str],
+    frame_ranges: list[tuple[int, int]],
+    *,
+    min_area: int | None = None,
+) -> dict[str, list[float]]:
+    """Per-frame measures averaged over videos and over each (first, last) range of frames.
+
+    The video-level scores hide where in a video things go wrong; per chunk of the causal
+    sampler, a drift over the chunks or a VAE that decodes some frames worse shows up here
+    (docs/results.md, "The VAE's later frames"). Keys: colour and multiple_objects (as in the
+    semantic score, per frame), empty_frames and sharpness; each one value per range.
+    """
+    videos = _check_videos(videos)
+    if isinstance(captions, str) or len(captions) != len(videos):
+        raise ValueError(f"need one caption per video: {len(videos)} videos, got {captions!r:.200}")
+    frames = videos.shape[1]
+    for first, last in frame_ranges:
+        if not 0 <= first <= last < frames:
+            raise ValueError(f"frame range ({first}, {last}) is outside the videos' {frames} frames")
+    area = default_min_area(*videos.shape[2:4]) if min_area is None else int(min_area)
+    per_frame = {"colour": [], "multiple_objects": [], "empty_frames": [], "sharpness": []}
+    for video, caption in zip(videos, captions):
+        an = _analyse(video, area)
+        cols = np.array([1 + COLOURS.index(c) for c, _ in parse_caption(caption)])
+        expected = np.zeros(NUM_CLASSES, dtype=np.int64)
+        expected[cols] = 1
+        fg, fuzzy = (an.classes > 0).sum(axis=(1, 2)), (an.classes < 0).sum(axis=(1, 2))
+        per_frame["colour"].append((an.count[:, cols] > 0).mean(axis=1))
+        per_frame["multiple_objects"].append((an.count[:, 1:] == expected[1:]).all(axis=1))
+        per_frame["empty_frames"].append(an.count[:, 1:].sum(axis=1) == 0)
+        per_frame["sharpness"].append(np.where(fg + fuzzy > 0, fg / np.maximum(fg + fuzzy, 1), 1.0))
+    out = {}
+    for key, rows in per_frame.items():
+        table = np.stack(rows).astype(np.float64)  # (N, T)
+        out[key] = [float(table[:, first : last + 1].mean()) for first, last in frame_ranges]
+    return out
+
+
 def evaluate_videos(
     videos: np.ndarray,
     captions: list[str],
