@@ -1,7 +1,7 @@
 """Train the built-in default end to end and ship it: `python -m trainer.default_model RUNS [--ship]`.
 
 The stages run in order, each with the committed toy config (trainer/configs/toy/) and the
-overrides below, which size the default to train on 2 CPU cores in about two hours:
+overrides below, which size the default to train on 2 CPU cores in about two and a half hours:
 
     vae -> vae_decoder -> vae_decoder_long -> vae_decoder_full (decoder fine-tunes on 5-, 9- and
         33-frame clips; the encoder, hence the latent space, fixed after `vae`)

@@ -211,7 +211,7 @@ def format_result(result: dict) -> str:
               if isinstance(v, float) and k not in main_keys and k != "seconds"]
     for key, values in result.get("chunks", {}).items():
         if key != "pixel_frames":
-            lines.append(f"  {key + ' per chunk':<20} " + " ".join(f"{v:.4f}" for v in values))
+            lines.append(f"  {key + ' per chunk':<27} " + " ".join(f"{v:.4f}" for v in values))
     lines.append(f"  ({result['seconds']:.1f} s)")
     return "\n".join(lines)
 
