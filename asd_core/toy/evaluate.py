@@ -259,11 +259,17 @@ def _tracked(an: _Analysis) -> np.ndarray:
     return np.flatnonzero((an.count > 0).sum(axis=0) * 2 >= len(an.count))
 
 
-def _semantic_scores(an: _Analysis, pairs: list[tuple[str, str]]) -> dict[str, float]:
+def _caption_classes(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The caption's colour classes, their kinds, and the blob count it expects per class (0 or 1)."""
     cols = np.array([1 + COLOURS.index(c) for c, _ in pairs])
     kinds = np.array([KINDS.index(k) for _, k in pairs])
     expected = np.zeros(NUM_CLASSES, dtype=np.int64)
     expected[cols] = 1
+    return cols, kinds, expected
+
+
+def _semantic_scores(an: _Analysis, pairs: list[tuple[str, str]]) -> dict[str, float]:
+    cols, kinds, expected = _caption_classes(pairs)
     return {
         "colour": float((an.count[:, cols] > 0).mean()),
         "object_class": float((an.kind[:, cols] == kinds).mean()),
@@ -448,11 +454,16 @@ def score_videos(
     return _score(videos, captions, motion_tolerance, min_area)[0]
 
 
-def _score(videos, captions, motion_tolerance, min_area) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    videos = _check_videos(videos)
+def _caption_pairs(videos: np.ndarray, captions) -> list[list[tuple[str, str]]]:
+    """(colour, kind) pairs of each video's caption; one caption per video or a clear error."""
     if isinstance(captions, str) or len(captions) != len(videos):
         raise ValueError(f"need one caption per video: {len(videos)} videos, got {captions!r:.200}")
-    pairs = [parse_caption(c) for c in captions]
+    return [parse_caption(c) for c in captions]
+
+
+def _score(videos, captions, motion_tolerance, min_area) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    videos = _check_videos(videos)
+    pairs = _caption_pairs(videos, captions)
     area = default_min_area(*videos.shape[2:4]) if min_area is None else int(min_area)
     rows, feats = [], []
     for video, pair in zip(videos, pairs):
@@ -482,19 +493,16 @@ def frame_profile(
     semantic score, per frame), empty_frames and sharpness; each one value per range.
     """
     videos = _check_videos(videos)
-    if isinstance(captions, str) or len(captions) != len(videos):
-        raise ValueError(f"need one caption per video: {len(videos)} videos, got {captions!r:.200}")
+    pairs = _caption_pairs(videos, captions)
     frames = videos.shape[1]
     for first, last in frame_ranges:
         if not 0 <= first <= last < frames:
             raise ValueError(f"frame range ({first}, {last}) is outside the videos' {frames} frames")
     area = default_min_area(*videos.shape[2:4]) if min_area is None else int(min_area)
     per_frame = {"colour": [], "multiple_objects": [], "empty_frames": [], "sharpness": []}
-    for video, caption in zip(videos, captions):
+    for video, pair in zip(videos, pairs):
         an = _analyse(video, area)
-        cols = np.array([1 + COLOURS.index(c) for c, _ in parse_caption(caption)])
-        expected = np.zeros(NUM_CLASSES, dtype=np.int64)
-        expected[cols] = 1
+        cols, _, expected = _caption_classes(pair)
         fg, fuzzy = (an.classes > 0).sum(axis=(1, 2)), (an.classes < 0).sum(axis=(1, 2))
         per_frame["colour"].append((an.count[:, cols] > 0).mean(axis=1))
         per_frame["multiple_objects"].append((an.count[:, 1:] == expected[1:]).all(axis=1))
@@ -519,7 +527,8 @@ def evaluate_videos(
 
     reference: None -> the domain's real videos at the same size (REFERENCE_SEED, cached);
     a uint8 array of real videos; or precomputed `ReferenceStats`. Returns a flat dict of
-    floats: quality, semantic, total, fd and every sub-score (see the module docstring).
+    floats: quality, semantic, total, fd, every sub-score (see the module docstring) and
+    std_total (the spread of the per-video total).
     """
     scores, feats = _score(videos, captions, motion_tolerance, min_area)
     if reference is None:
@@ -534,4 +543,5 @@ def evaluate_videos(
         raise ValueError(f"reference has {len(reference.mean)} features, expected {feats.shape[1]}")
     out = {"quality": 0.0, "semantic": 0.0, "total": 0.0, "fd": reference.distance(feats)}
     out |= {k: float(v.mean()) for k, v in scores.items()}
+    out["std_total"] = float(scores["total"].std())
     return out
