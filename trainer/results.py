@@ -2,7 +2,8 @@
 
 Rows: the domain's real videos (and after the VAE round trip), the many-step teacher, and the
 ASD (alpha > 0) and DMD-only (alpha = 0) students distilled from the same init, each at
-`1`, `1*`, `2`, `2*`, `4`. Every row sees the same captions and noise (asd-eval's seeds).
+the paper's `1`, `1*`, `2`, `2*`, `4` and at `1*2` (FFE with a 2-step first chunk). Every row
+sees the same captions and noise (asd-eval's seeds).
 Writes docs/results.json (every figure of every seed), docs/results.md's table and
 docs/results.png (total score per plan, mean and spread over seeds).
 """
@@ -21,7 +22,7 @@ from asd_core.cli.evaluate import build_parser as eval_parser
 from asd_core.cli.evaluate import evaluate
 from asd_core.defaults import WEIGHTS_DIR
 
-PLANS = ("1", "1*", "2", "2*", "4")
+PLANS = ("1", "1*", "1*2", "2", "2*", "4")  # 1*2: a 2-step first chunk, the shipped student's best one-step plan
 KEYS = ("total", "quality", "semantic", "fd")
 
 
