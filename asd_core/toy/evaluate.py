@@ -259,21 +259,21 @@ def _tracked(an: _Analysis) -> np.ndarray:
     return np.flatnonzero((an.count > 0).sum(axis=0) * 2 >= len(an.count))
 
 
-def _caption_classes(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The caption's colour classes, their kinds, and the blob count it expects per class (0 or 1)."""
-    cols = np.array([1 + COLOURS.index(c) for c, _ in pairs])
+def _frame_checks(an: _Analysis, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """The semantic checks and empty_frames, per frame (per captioned colour where the caption has several).
+
+    One definition for both readers: the video scores average these over all frames, and
+    `frame_profile` over ranges of frames.
+    """
+    cols = np.array([1 + COLOURS.index(c) for c, _ in pairs])  # the caption's colour classes
     kinds = np.array([KINDS.index(k) for _, k in pairs])
-    expected = np.zeros(NUM_CLASSES, dtype=np.int64)
+    expected = np.zeros(NUM_CLASSES, dtype=np.int64)  # blobs the caption expects per class
     expected[cols] = 1
-    return cols, kinds, expected
-
-
-def _semantic_scores(an: _Analysis, pairs: list[tuple[str, str]]) -> dict[str, float]:
-    cols, kinds, expected = _caption_classes(pairs)
     return {
-        "colour": float((an.count[:, cols] > 0).mean()),
-        "object_class": float((an.kind[:, cols] == kinds).mean()),
-        "multiple_objects": float((an.count[:, 1:] == expected[1:]).all(axis=1).mean()),
+        "colour": an.count[:, cols] > 0,  # (T, colours in the caption)
+        "object_class": an.kind[:, cols] == kinds,  # (T, colours in the caption)
+        "multiple_objects": (an.count[:, 1:] == expected[1:]).all(axis=1),  # (T,)
+        "empty_frames": an.count[:, 1:].sum(axis=1) == 0,  # (T,)
     }
 
 
@@ -468,8 +468,8 @@ def _score(videos, captions, motion_tolerance, min_area) -> tuple[dict[str, np.n
     rows, feats = [], []
     for video, pair in zip(videos, pairs):
         an = _analyse(video, area)
-        empty = float(np.mean(an.count[:, 1:].sum(axis=1) == 0))
-        rows.append(_quality_scores(video, an, motion_tolerance) | _semantic_scores(an, pair) | {"empty_frames": empty})
+        checks = _frame_checks(an, pair)
+        rows.append(_quality_scores(video, an, motion_tolerance) | {k: float(v.mean()) for k, v in checks.items()})
         feats.append(_features(video, an))
     scores = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     scores["quality"] = sum(w * scores[k] for k, w in QUALITY_WEIGHTS.items()) / sum(QUALITY_WEIGHTS.values())
@@ -502,11 +502,11 @@ def frame_profile(
     per_frame = {"colour": [], "multiple_objects": [], "empty_frames": [], "sharpness": []}
     for video, pair in zip(videos, pairs):
         an = _analyse(video, area)
-        cols, _, expected = _caption_classes(pair)
+        checks = _frame_checks(an, pair)
         fg, fuzzy = (an.classes > 0).sum(axis=(1, 2)), (an.classes < 0).sum(axis=(1, 2))
-        per_frame["colour"].append((an.count[:, cols] > 0).mean(axis=1))
-        per_frame["multiple_objects"].append((an.count[:, 1:] == expected[1:]).all(axis=1))
-        per_frame["empty_frames"].append(an.count[:, 1:].sum(axis=1) == 0)
+        per_frame["colour"].append(checks["colour"].mean(axis=1))
+        per_frame["multiple_objects"].append(checks["multiple_objects"])
+        per_frame["empty_frames"].append(checks["empty_frames"])
         per_frame["sharpness"].append(np.where(fg + fuzzy > 0, fg / np.maximum(fg + fuzzy, 1), 1.0))
     out = {}
     for key, rows in per_frame.items():
