@@ -117,6 +117,7 @@ def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
         assert metadata["asd.role"] == "student" and metadata["asd.asd_weighting"] == "fixed"
         assert metadata["asd.asd_counts"] == "1"  # plan 2: ASD compares 1-step with 2-step outputs only
         assert metadata["asd.asd_weight"] == {"dmd": "0.0", "asd": "10.0"}[name]
+        assert metadata["asd.real_cfg"] == "3.0"  # distill.yaml's guidance of the real score
         state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
         key = "blocks.0.attn1.to_q.weight"
         assert not torch.equal(state[f"model/generator/{key}"], init[key])  # the generator trained
@@ -323,10 +324,11 @@ def test_an_n_step_exit_walks_the_training_plan_or_the_plan_users_sample_with(te
 
 def test_asd_counts_limit_the_n_asd_runs_at(teacher_run, ode_run, tmp_path):
     """asd_counts=[2]: the ASD terms (and D's step) run on 2-step vs 3-step pairs only; DMD at every exit."""
-    stage = distill_stage(teacher_run, ode_run, tmp_path, 16, "asd_weight=1", "asd_counts=[2]")
+    stage = distill_stage(teacher_run, ode_run, tmp_path, 16, "asd_weight=1", "asd_counts=[2]", "cfg_scale=1.5")
     logs = [stage.train_step(step).logs for step in range(16)]
     exits = {int(entry["exit_step"]) + 1 for entry in logs}
     assert {1, 2, 3} <= exits and stage.export_metadata()["asd.asd_counts"] == "2"
+    assert stage.export_metadata()["asd.real_cfg"] == "1.5"  # the students' provenance names their guidance
     for entry in logs:
         n = int(entry["exit_step"]) + 1
         assert entry["asd_n"] == (2 if n == 2 else 0)

@@ -154,7 +154,8 @@ class DistillStage(Stage):
     def export_metadata(self) -> dict[str, str]:
         return {"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight),
                 "asd.asd_weighting": self.config.asd_weighting,
-                "asd.asd_counts": ",".join(str(n) for n in sorted(self.asd_counts))}
+                "asd.asd_counts": ",".join(str(n) for n in sorted(self.asd_counts)),
+                "asd.real_cfg": str(self.config.cfg_scale)}  # the teacher guidance the student was distilled toward
 
     def checkpoint_extra(self):
         return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae,
