@@ -69,7 +69,7 @@ def test_checkpoint_is_scored_reproducibly_and_below_real(toy_files, capsys):
 def test_teacher_role_gets_guidance_and_its_own_plan(toy_files, capsys):
     result = run_json(capsys, "--checkpoint", str(toy_files["teacher"]), "--vae", str(toy_files["vae"]),
                       "--num", "2")
-    assert result["plan"] == "2" and "cfg 3" in result["model"] and result["model"].startswith("teacher")
+    assert result["plan"] == "2" and "cfg 1.5" in result["model"] and result["model"].startswith("teacher")
 
 
 def test_table_output_names_every_main_score(toy_files, capsys):

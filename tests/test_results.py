@@ -19,16 +19,20 @@ def fake_results(seeds=(0, 1)):
 
 def test_rows_cover_teacher_ground_truth_and_both_students_at_every_plan():
     names = [name for name, _ in rows(Path("w"))]
-    assert names[:3] == ["ground truth", "ground truth, VAE round trip", "teacher, 50 steps, CFG 3"]
-    assert names[3:] == [f"{s} {p}" for s in ("ASD", "DMD only") for p in PLANS]
+    assert names[:4] == ["ground truth", "ground truth, VAE round trip", "teacher, 50 steps, CFG 3",
+                         "teacher, 50 steps, CFG 1.5"]
+    assert names[4:] == [f"{s} {p}" for s in ("ASD", "DMD only") for p in PLANS]
     args = dict(rows(Path("w")))
+    assert args["teacher, 50 steps, CFG 3"][2:4] == ["--cfg-scale", "3"]
+    assert args["teacher, 50 steps, CFG 1.5"][2:4] == ["--cfg-scale", "1.5"]
     assert args["DMD only 1*"][:4] == ["--checkpoint", str(Path("w") / "student_dmd_only.safetensors"), "--plan", "1*"]
 
 
 def test_table_reports_mean_and_spread_over_seeds(tmp_path):
     results = fake_results()
     stats = summary(results)
-    assert stats["ASD 1"]["total"][0] == pytest.approx(0.5 + 0.03 + 0.01)
+    i = list(results["rows"]).index("ASD 1")
+    assert stats["ASD 1"]["total"][0] == pytest.approx(0.5 + 0.01 * i + 0.01)  # seeds 0 and 1: +0.00, +0.02
     assert stats["ASD 1"]["semantic"] == pytest.approx((0.45, 0.05))
     table = markdown_table(results)
     assert table.count("\n") == 2 + len(results["rows"])

@@ -1,9 +1,9 @@
 """Table 2 of the paper on the toy domain: `python -m trainer.results --num 64 --seeds 0 1 2`.
 
-Rows: the domain's real videos (and after the VAE round trip), the many-step teacher, and the
-ASD (alpha > 0) and DMD-only (alpha = 0) students distilled from the same init, each at
-the paper's `1`, `1*`, `2`, `2*`, `4` and at `1*2` (FFE with a 2-step first chunk). Every row
-sees the same captions and noise (asd-eval's seeds).
+Rows: the domain's real videos (and after the VAE round trip), the many-step teacher at CFG 3
+and at CFG 1.5 (its best), and the ASD (alpha > 0) and DMD-only (alpha = 0) students distilled
+from the same init, each at the paper's `1`, `1*`, `2`, `2*`, `4` and at `1*2` (FFE with a
+2-step first chunk). Every row sees the same captions and noise (asd-eval's seeds).
 Writes docs/results.json (every figure of every seed), docs/results.md's table and
 docs/results.png (total score per plan, mean and spread over seeds).
 """
@@ -30,7 +30,10 @@ def rows(weights: Path) -> list[tuple[str, list[str]]]:
     """(row name, asd-eval arguments) in table order."""
     table = [("ground truth", ["--model", "real"]),
              ("ground truth, VAE round trip", ["--model", "real-vae", "--vae", str(weights / "vae.safetensors")]),
-             ("teacher, 50 steps, CFG 3", ["--checkpoint", str(weights / "teacher.safetensors")])]
+             # Two references: CFG 3 (the paper's real-score guidance, the students' before 2026-12-03)
+             # and 1.5 (the teacher's best, and the shipped students' real score).
+             ("teacher, 50 steps, CFG 3", ["--checkpoint", str(weights / "teacher.safetensors"), "--cfg-scale", "3"]),
+             ("teacher, 50 steps, CFG 1.5", ["--checkpoint", str(weights / "teacher.safetensors"), "--cfg-scale", "1.5"])]
     for name, file in (("ASD", "student.safetensors"), ("DMD only", "student_dmd_only.safetensors")):
         table += [(f"{name} {plan}", ["--checkpoint", str(weights / file), "--plan", plan]) for plan in PLANS]
     common = ["--vae", str(weights / "vae.safetensors"), "--text-encoder", str(weights / "text_encoder.safetensors")]
@@ -83,7 +86,8 @@ def plot(results: dict, path: Path) -> None:
         means = [stats[f"{name} {p}"]["total"][0] for p in PLANS]
         spread = [stats[f"{name} {p}"]["total"][1] for p in PLANS]
         ax.bar(x + offset, means, width=0.34, yerr=spread, capsize=3, label=f"{name} student")
-    for name, style in (("teacher, 50 steps, CFG 3", "--"), ("ground truth, VAE round trip", ":")):
+    for name, style in (("teacher, 50 steps, CFG 3", "--"), ("teacher, 50 steps, CFG 1.5", "-."),
+                        ("ground truth, VAE round trip", ":")):
         ax.axhline(stats[name]["total"][0], linestyle=style, color="black", linewidth=1, label=name)
     ax.set_xticks(x, [f"plan {p}" for p in PLANS])
     ax.set_ylabel("total score (higher is better)")
