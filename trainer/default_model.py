@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from asd_core.atomic import atomic_path
-from asd_core.defaults import DEFAULT_FILES, WEIGHTS_DIR
+from asd_core.defaults import DEFAULT_FILES, TEACHER_CFG, WEIGHTS_DIR
 
 from .config import load_config
 from .loop import CHECKPOINTS, FINAL_MODEL, run_training
@@ -33,13 +33,13 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 # config files are the CPU budget of the shipped default (docs/default_model.md has the logs).
 # D: lr 4x the others and a light R1/R2 (0.1): at 5e-5 with R1 1.0 an offline probe's D learned
 # half as fast (trainer/disc_probe.py; docs/results.md, "The discriminator").
-# Real score guidance 1.5, not 3: the teacher scores higher at 1.5 (its 50-step videos move more
+# Real score guidance TEACHER_CFG (1.5), not 3: the teacher scores higher at 1.5 (its 50-step videos move more
 # smoothly), and the students distilled toward it gain most at `1*` (+0.026 over three training
 # seeds: the 4-step first chunk no longer empties frames; `1` and `2` +0.005 to +0.022), which
 # makes FFE beat plain one-step sampling (docs/results.md, "The real score's guidance").
 DISTILL = ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=3000", "gen_update_ratio=2",
            "lr_generator=5e-5", "lr_critic=5e-5", "lr_discriminator=2e-4", "r1_weight=0.1", "ema_start=100",
-           "save_every=50", "cfg_scale=1.5"]
+           "save_every=50", f"cfg_scale={TEACHER_CFG}"]
 STAGES = [
     # 5-frame clips (1 + 4: one causal step of the VAE's temporal compression) halve the step time.
     # (A whole second chain with the VAE on 9-frame clips from the start, 1100 steps, scored lower

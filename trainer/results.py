@@ -22,18 +22,23 @@ from asd_core.cli.evaluate import build_parser as eval_parser
 from asd_core.cli.evaluate import evaluate
 from asd_core.defaults import WEIGHTS_DIR
 
-PLANS = ("1", "1*", "1*2", "2", "2*", "4")  # 1*2: a 2-step first chunk, the shipped student's best one-step plan
+PLANS = ("1", "1*", "1*2", "2", "2*", "4")  # 1*2: a 2-step first chunk (the CFG-3 student's best one-step plan)
 KEYS = ("total", "quality", "semantic", "fd")
+# The teacher's rows, as (CFG, plot line style): 3, the paper's real-score guidance (the students'
+# before 2026-12-03), and 1.5, the teacher's best and the shipped students' real score.
+TEACHER_ROWS = (("3", "--"), ("1.5", "-."))
+
+
+def teacher_row(cfg: str) -> str:
+    return f"teacher, 50 steps, CFG {cfg}"
 
 
 def rows(weights: Path) -> list[tuple[str, list[str]]]:
     """(row name, asd-eval arguments) in table order."""
     table = [("ground truth", ["--model", "real"]),
-             ("ground truth, VAE round trip", ["--model", "real-vae", "--vae", str(weights / "vae.safetensors")]),
-             # Two references: CFG 3 (the paper's real-score guidance, the students' before 2026-12-03)
-             # and 1.5 (the teacher's best, and the shipped students' real score).
-             ("teacher, 50 steps, CFG 3", ["--checkpoint", str(weights / "teacher.safetensors"), "--cfg-scale", "3"]),
-             ("teacher, 50 steps, CFG 1.5", ["--checkpoint", str(weights / "teacher.safetensors"), "--cfg-scale", "1.5"])]
+             ("ground truth, VAE round trip", ["--model", "real-vae", "--vae", str(weights / "vae.safetensors")])]
+    table += [(teacher_row(cfg), ["--checkpoint", str(weights / "teacher.safetensors"), "--cfg-scale", cfg])
+              for cfg, _ in TEACHER_ROWS]
     for name, file in (("ASD", "student.safetensors"), ("DMD only", "student_dmd_only.safetensors")):
         table += [(f"{name} {plan}", ["--checkpoint", str(weights / file), "--plan", plan]) for plan in PLANS]
     common = ["--vae", str(weights / "vae.safetensors"), "--text-encoder", str(weights / "text_encoder.safetensors")]
@@ -86,8 +91,8 @@ def plot(results: dict, path: Path) -> None:
         means = [stats[f"{name} {p}"]["total"][0] for p in PLANS]
         spread = [stats[f"{name} {p}"]["total"][1] for p in PLANS]
         ax.bar(x + offset, means, width=0.34, yerr=spread, capsize=3, label=f"{name} student")
-    for name, style in (("teacher, 50 steps, CFG 3", "--"), ("teacher, 50 steps, CFG 1.5", "-."),
-                        ("ground truth, VAE round trip", ":")):
+    lines = [(teacher_row(cfg), style) for cfg, style in TEACHER_ROWS] + [("ground truth, VAE round trip", ":")]
+    for name, style in lines:
         ax.axhline(stats[name]["total"][0], linestyle=style, color="black", linewidth=1, label=name)
     ax.set_xticks(x, [f"plan {p}" for p in PLANS])
     ax.set_ylabel("total score (higher is better)")

@@ -24,15 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..defaults import TOY
+from ..defaults import TEACHER_CFG, TOY
 from ..schedule import parse_plan
 
 EVAL_STREAM = 2_000_000  # caption stream of evaluation seed 0; far from training (11) and the FD reference
 NOISE_STRIDE = 1_000_000  # noise seed of sample i at evaluation seed s: s * NOISE_STRIDE + i
 MODELS = ("student", "teacher", "real", "real-vae")
-# The guidance the toy teacher is sampled with: its best (1.5 beat 1, 2, 3, 5 and 7), and the
-# real score the shipped students were distilled toward (docs/results.md, "The real score's guidance").
-TEACHER_CFG = 1.5
 
 
 def build_parser() -> argparse.ArgumentParser:
