@@ -20,13 +20,13 @@ import numpy as np
 from asd_core.atomic import atomic_path
 from asd_core.cli.evaluate import build_parser as eval_parser
 from asd_core.cli.evaluate import evaluate
-from asd_core.defaults import WEIGHTS_DIR
+from asd_core.defaults import TEACHER_CFG, WEIGHTS_DIR
 
 PLANS = ("1", "1*", "1*2", "2", "2*", "4")  # 1*2: a 2-step first chunk (the CFG-3 student's best one-step plan)
 KEYS = ("total", "quality", "semantic", "fd")
 # The teacher's rows, as (CFG, plot line style): 3, the paper's real-score guidance (the students'
-# before 2026-12-03), and 1.5, the teacher's best and the shipped students' real score.
-TEACHER_ROWS = (("3", "--"), ("1.5", "-."))
+# before 2026-12-03), and TEACHER_CFG (1.5), the teacher's best and the shipped students' real score.
+TEACHER_ROWS = (("3", "--"), (f"{TEACHER_CFG:g}", "-."))
 
 
 def teacher_row(cfg: str) -> str:
