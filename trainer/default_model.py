@@ -62,8 +62,12 @@ STAGES = [
                                       "lr=2e-4", "max_steps=400", "save_every=25"]),
     ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=10000", "pool_size=1024", "ema_start=500",
                                  "warmup_steps=200", "save_every=250"]),
+    # The teacher's trajectories at TEACHER_CFG too, the guidance DMD's real score pulls toward:
+    # from trajectories at CFG 3 the ASD student led DMD only at `2` by +0.013 over three
+    # training seeds, from these by +0.022, ahead in every seed (docs/results.md, "ode_init at
+    # the real score's guidance").
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1500", "num_trajectories=384",
-                                   "save_every=200"]),
+                                   "save_every=200", f"cfg_scale={TEACHER_CFG}"]),
     # The two students differ only in ASD (alpha): the ablation of docs/results.md. ASD's
     # gradient at the generator's output is held at alpha = 1 x DMD's (asd_weighting=relative):
     # unweighted it grew from 3-6x to 10-52x DMD's as D learned, and with a fixed alpha the
