@@ -112,19 +112,24 @@ def test_the_shipped_default_loads_and_beats_an_untrained_model_of_its_size(tmp_
     assert shipped["semantic"] > random["semantic"] + 0.04 and shipped["total"] > random["total"], (shipped, random)
 
 
-def test_the_shipped_students_carry_the_recipe_stages_names():
+def test_the_shipped_students_carry_the_recipe_stages_names(tmp_path):
     """The committed students must be what STAGES would train now: a STAGES change without
     re-shipping (or a re-ship from other overrides) would leave docs/results.md describing
-    files that are not there. The trainer writes these keys into every exported student."""
-    def override(stage: str, key: str) -> str:
-        overrides = next(words for name, _, words in driver.STAGES if name == stage)
-        return next(w.split("=", 1)[1] for w in overrides if w.startswith(key + "="))
+    files that are not there. The trainer writes these keys into every exported student; the
+    recipe is read through load_config, as run_stage reads it (config file + overrides)."""
+    from trainer.config import load_config
+
+    def recipe(stage: str):
+        config_file, overrides = next((file, words) for name, file, words in driver.STAGES if name == stage)
+        return load_config(driver.CONFIGS / config_file, [w.format(runs=tmp_path) for w in overrides])
 
     for stage, file in (("distill_asd", "student"), ("distill_dmd", "student_dmd_only")):
         metadata = read_checkpoint(defaults.WEIGHTS_DIR / f"{file}.safetensors").metadata
+        config = recipe(stage)
         assert metadata["asd.role"] == "student"
-        assert float(metadata["asd.real_cfg"]) == float(override(stage, "cfg_scale")) == defaults.TEACHER_CFG
-        assert float(metadata["asd.asd_weight"]) == float(override(stage, "asd_weight"))
+        assert float(metadata["asd.real_cfg"]) == config.cfg_scale == defaults.TEACHER_CFG
+        assert float(metadata["asd.asd_weight"]) == config.asd_weight
+        assert metadata["asd.asd_weighting"] == config.asd_weighting
     asd = read_checkpoint(defaults.WEIGHTS_DIR / "student.safetensors").metadata
-    assert asd["asd.asd_weighting"] == override("distill_asd", "asd_weighting") == "relative"
-    assert f"[{asd['asd.asd_counts']}]" == override("distill_asd", "asd_counts") == "[1]"
+    assert asd["asd.asd_weighting"] == "relative"
+    assert asd["asd.asd_counts"] == ",".join(map(str, recipe("distill_asd").asd_counts)) == "1"
