@@ -10,6 +10,7 @@ Nothing is ever unpickled: `.pt` files go through `torch.load(weights_only=True)
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -28,6 +29,9 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth")
 WAN_HEAD_DIM = 128  # Wan2.1 always uses 128-channel heads; a foreign file's head count follows from it
 RESERVED_METADATA = ("asd.format", "asd.config", "asd.plan", "config")  # "config": ComfyUI reads it
+# The guidance a checkpoint samples with by default (a teacher: the CFG scale its many-step plan
+# scores best at). Only teachers write it; a distilled student samples without guidance.
+GUIDANCE_METADATA = "asd.cfg"
 SHOWN_KEYS = 5  # keys listed per kind of mismatch in error messages
 
 
@@ -44,6 +48,21 @@ class LoadedCheckpoint:
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors metadata, as stored
     source: str = "foreign"  # "asd" (our metadata), "comfyui_causal" (ComfyUI causal_ar) or "foreign"
     entry: str | None = None  # Self Forcing: "generator_ema" or "generator"
+
+
+def recorded_guidance(metadata: dict[str, str], source: str) -> float | None:
+    """The CFG scale the file records (GUIDANCE_METADATA), or None when it records none."""
+    value = metadata.get(GUIDANCE_METADATA)
+    if value is None:
+        return None
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = math.nan
+    if not math.isfinite(scale) or scale < 0:
+        raise CheckpointError(f"{source}: metadata {GUIDANCE_METADATA}={value!r} is not a guidance scale (a number "
+                              ">= 0); fix the file's metadata or pass the scale explicitly")
+    return scale
 
 
 def save_checkpoint(path, state_dict, config: CausalWanConfig, *, plan: str | None = None,

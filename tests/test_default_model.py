@@ -6,7 +6,7 @@ import torch
 
 import trainer.default_model as driver
 from asd_core import defaults
-from asd_core.checkpoint import read_checkpoint
+from asd_core.checkpoint import read_checkpoint, recorded_guidance
 from asd_core.vae import LatentCodec
 
 TINY_VIDEO = ["latent_height=4", "latent_width=4", "progress=false", "tensorboard=false"]
@@ -112,10 +112,10 @@ def test_the_shipped_default_loads_and_beats_an_untrained_model_of_its_size(tmp_
     assert shipped["semantic"] > random["semantic"] + 0.04 and shipped["total"] > random["total"], (shipped, random)
 
 
-def test_the_shipped_students_carry_the_recipe_stages_names(tmp_path):
-    """The committed students must be what STAGES would train now: a STAGES change without
-    re-shipping (or a re-ship from other overrides) would leave docs/results.md describing
-    files that are not there. The trainer writes these keys into every exported student; the
+def test_the_shipped_files_carry_the_recipe_stages_names(tmp_path):
+    """The committed students and teacher must be what STAGES would train now: a STAGES change
+    without re-shipping (or a re-ship from other overrides) would leave docs/results.md describing
+    files that are not there. The trainer writes these keys into every exported model; the
     recipe is read through load_config, as run_stage reads it (config file + overrides)."""
     from trainer.config import load_config
 
@@ -130,6 +130,10 @@ def test_the_shipped_students_carry_the_recipe_stages_names(tmp_path):
         assert float(metadata["asd.real_cfg"]) == config.cfg_scale == defaults.TEACHER_CFG
         assert float(metadata["asd.asd_weight"]) == config.asd_weight
         assert metadata["asd.asd_weighting"] == config.asd_weighting
+    # The teacher records the guidance it is sampled with (asd-eval --model teacher), the same
+    # scale the students' real score used: STAGES writes both from TEACHER_CFG.
+    teacher = read_checkpoint(defaults.WEIGHTS_DIR / "teacher.safetensors").metadata
+    assert recorded_guidance(teacher, "shipped teacher") == recipe("teacher").sample_cfg == defaults.TEACHER_CFG
     asd = read_checkpoint(defaults.WEIGHTS_DIR / "student.safetensors").metadata
     assert asd["asd.asd_weighting"] == "relative"
     assert asd["asd.asd_counts"] == ",".join(map(str, recipe("distill_asd").asd_counts)) == "1"

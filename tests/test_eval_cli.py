@@ -72,6 +72,30 @@ def test_teacher_role_gets_guidance_and_its_own_plan(toy_files, capsys):
     assert result["plan"] == "2" and "cfg 1.5" in result["model"] and result["model"].startswith("teacher")
 
 
+def test_guidance_the_checkpoint_records_is_the_default_and_cfg_scale_overrides_it(toy_files, capsys):
+    model = CausalWanTransformer(toy_model_config())
+    config = toy_model_config().__class__(**{**toy_model_config().__dict__, "chunk_frames": TOY.latent_frames})
+    teacher = save_checkpoint(toy_files["teacher"].parent / "teacher_cfg2.safetensors", model.state_dict(), config,
+                              plan="2", extra={"asd.role": "teacher", "asd.cfg": "2.0"})
+    common = ["--checkpoint", str(teacher), "--vae", str(toy_files["vae"]), "--num", "2"]
+    recorded = run_json(capsys, *common)
+    assert "cfg 2," not in recorded["model"] and recorded["model"].endswith("cfg 2")  # not the fallback 1.5
+    explicit = run_json(capsys, *common, "--cfg-scale", "2")
+    assert explicit["fd"] == recorded["fd"] and explicit["total"] == recorded["total"]
+    unguided = run_json(capsys, *common, "--cfg-scale", "1")
+    assert unguided["model"].endswith("cfg 1") and unguided["fd"] != recorded["fd"]
+
+
+def test_a_checkpoint_with_unreadable_guidance_is_a_one_line_error(toy_files, capsys):
+    model = CausalWanTransformer(toy_model_config())
+    bad = save_checkpoint(toy_files["teacher"].parent / "teacher_bad_cfg.safetensors", model.state_dict(),
+                          toy_model_config(), plan="2", extra={"asd.role": "teacher", "asd.cfg": "strong"})
+    assert main(["--checkpoint", str(bad), "--vae", str(toy_files["vae"]), "--num", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asd-eval: error:") and "asd.cfg='strong' is not a guidance scale" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_table_output_names_every_main_score(toy_files, capsys):
     assert main(["--model", "real-vae", "--vae", str(toy_files["vae"]), "--num", "2"]) == 0
     out = capsys.readouterr().out
@@ -84,6 +108,7 @@ def test_table_output_names_every_main_score(toy_files, capsys):
     (["--plan", "3x"], "step plan"),
     (["--num", "1"], "--num must be >= 2"),
     (["--checkpoint", "missing.safetensors"], "no such file"),
+    (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, args, message):
     assert main(args) == 2

@@ -58,6 +58,24 @@ def test_plan_defaults_to_the_checkpoints_trained_plan(tmp_path, capsys):
     assert "plan 2 (2 steps per chunk)" in line and "toy.safetensors" in line
 
 
+def test_guidance_defaults_to_what_the_checkpoint_records(tmp_path, capsys):
+    """A teacher records the CFG it samples best at (asd.cfg); students record none and sample unguided."""
+    model = load_default_pipeline().model
+    path = save_checkpoint(tmp_path / "guided.safetensors", model.state_dict(), toy_model_config(), plan="2",
+                           extra={"asd.cfg": "2.5"})
+    small = ["--checkpoint", str(path), "--frames", "9", "--width", "16", "--height", "16", "--seed", "1"]
+    recorded, explicit, unguided = tmp_path / "r.mp4", tmp_path / "e.mp4", tmp_path / "u.mp4"
+    assert main([*small, "--out", str(recorded)]) == 0
+    assert "plan 2 (2 steps per chunk), cfg 2.5, " in capsys.readouterr().out
+    assert main([*small, "--out", str(explicit), "--cfg-scale", "2.5"]) == 0
+    assert main([*small, "--out", str(unguided), "--cfg-scale", "1"]) == 0
+    assert ", cfg " not in capsys.readouterr().out.splitlines()[-1]  # 1 = no guidance, not shown
+    assert (read_video(recorded) == read_video(explicit)).all()
+    assert not (read_video(recorded) == read_video(unguided)).all()
+    assert main(["--out", str(tmp_path / "s.gif"), "--frames", "9"]) == 0  # the shipped student: none recorded
+    assert ", cfg " not in capsys.readouterr().out
+
+
 def test_checkpoint_with_other_text_width_is_a_clear_error(tmp_path, capsys):
     torch.manual_seed(0)
     config = tiny_config(chunk_frames=3)  # text_dim 32: not the toy encoder's 64 (as real Wan's 4096 is not)
@@ -75,6 +93,7 @@ def test_checkpoint_with_other_text_width_is_a_clear_error(tmp_path, capsys):
         (["--frames", "17"], "5 latent frames, which do not split into chunks of 3; use --frames 9 or 21"),
         (["--plan", "turbo"], "turbo"),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--cfg-scale", "-2"], "--cfg-scale must be >= 0"),
         (["--width", "40"], "multiples of 16"),
         (["--out", "clip.avi"], "accepted extensions"),
         (["--checkpoint", "missing.safetensors"], "missing.safetensors"),

@@ -9,7 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from asd_core.checkpoint import load_model
+from asd_core.checkpoint import load_model, recorded_guidance
 from asd_core.config import CausalWanConfig
 from asd_core.model import CausalWanTransformer
 from asd_core.text import ToyTextEncoder
@@ -82,9 +82,11 @@ def test_decoder_fine_tuning_keeps_the_latent_space(vae_run, tmp_path):
 
 def test_teacher_stage_exports_model_and_text_encoder(vae_run, tmp_path, capsys):
     out = tmp_path / "teacher"
-    assert train("teacher.yaml", out, *teacher_args(vae_run, 2)) == 0
+    assert train("teacher.yaml", out, *teacher_args(vae_run, 2), "sample_cfg=2.5") == 0
     model = load_model(out / "model.safetensors")
     assert model.trained_plan == "50" and model.config.num_layers == 1 and model.config.chunk_frames == 3
+    # the guidance asd-eval / asd-generate sample it with unless told otherwise
+    assert recorded_guidance(model.checkpoint_metadata, "teacher") == 2.5
     encoder = ToyTextEncoder.load(out / "text_encoder.safetensors")
     assert encoder.encode(["a red circle"]).shape == (1, 16, model.config.text_dim)
     printed = capsys.readouterr().out
@@ -132,6 +134,8 @@ def test_config_errors_are_clear(tmp_path, capsys):
     assert "unknown config key(s) ['learning_rate']" in capsys.readouterr().err
     assert main([str(CONFIGS / "toy" / "nope.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main([str(CONFIGS / "toy" / "teacher.yaml"), "sample_cfg=-1"]) == 2
+    assert "sample_cfg must be >= 0" in capsys.readouterr().err
     odeinit = tmp_path / "ode.yaml"
     odeinit.write_text("stage: ode_init\nteacher: runs/x\n")
     assert main([str(odeinit), f"out_dir={tmp_path / 'o'}", *QUIET]) == 2

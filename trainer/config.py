@@ -76,6 +76,10 @@ class TeacherConfig(RunConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     cfg_dropout: float = 0.1  # probability a sample's text is replaced by the unconditional context
+    # The guidance the teacher is sampled with: its sample videos, and written into its export as
+    # asd.cfg, which asd-eval / asd-generate take as the file's default CFG. Set it to the scale the
+    # teacher scores best at once a sweep has found it (the shipped toy teacher: 1.5).
+    sample_cfg: float = 3.0
     timestep_shift: float = 3.0  # training sigmas u ~ U(0,1) warped by this shift (more time at high noise)
     # Data: "synthetic" (toy domain, encoded by `vae` once into a latent pool) or "latents" (shards).
     data: str = "synthetic"
@@ -281,6 +285,8 @@ def validate(config: RunConfig) -> None:
     if isinstance(config, TeacherConfig):
         if not 0 <= config.cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {config.cfg_dropout}")
+        if not config.sample_cfg >= 0:
+            raise ValueError(f"sample_cfg must be >= 0 (1 = no guidance), got {config.sample_cfg}")
         if config.data not in ("synthetic", "latents"):
             raise ValueError(f"data must be 'synthetic' (toy domain) or 'latents' (shards), got {config.data!r}")
         if config.data == "latents" and not config.latent_dir:

@@ -60,8 +60,10 @@ STAGES = [
     # second and third chunks; docs/default_model.md). Same frozen encoder; the shipped VAE.
     ("vae_decoder_full", "vae.yaml", ["init={runs}/vae_decoder_long", "freeze_encoder=true", "clip_frames=33",
                                       "lr=2e-4", "max_steps=400", "save_every=25"]),
+    # sample_cfg: the guidance its export records (asd.cfg), which asd-eval and asd-generate sample
+    # it with; TEACHER_CFG, its best of a sweep run after it was trained (docs/results.md).
     ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=10000", "pool_size=1024", "ema_start=500",
-                                 "warmup_steps=200", "save_every=250"]),
+                                 "warmup_steps=200", "save_every=250", f"sample_cfg={TEACHER_CFG}"]),
     # The teacher's trajectories at TEACHER_CFG too, the guidance DMD's real score pulls toward:
     # from trajectories at CFG 3 the ASD student led DMD only at `2` by +0.013 over three
     # training seeds, from these by +0.022, ahead in every seed (docs/results.md, "ode_init at

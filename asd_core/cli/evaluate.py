@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the captions and the noise")
     p.add_argument("--batch", type=int, default=16, help="videos sampled at once (default %(default)s)")
     p.add_argument("--cfg-scale", type=float,
-                   help=f"classifier-free guidance (default: {TEACHER_CFG} for a teacher, 1 = off for students)")
+                   help="classifier-free guidance (default: the guidance the checkpoint records, asd.cfg; a teacher "
+                        f"that records none: {TEACHER_CFG}, the shipped teacher's; students: 1 = off)")
     p.add_argument("--text-encoder", help="toy text encoder file (default: text_encoder.safetensors beside the "
                                           "checkpoint, else the shipped one)")
     p.add_argument("--vae", help="toy VAE file (default: the shipped one)")
@@ -82,6 +83,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.cfg_scale is not None and not args.cfg_scale >= 0:
+        raise ValueError(f"--cfg-scale must be >= 0 (1 = no guidance), got {args.cfg_scale}")
     plan = parse_plan(args.plan) if args.plan else None  # a typo fails before any loading
     stream = EVAL_STREAM + args.seed
     frames, height, width = TOY.pixel_frames, TOY.height, TOY.width
@@ -95,10 +98,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             label = "ground-truth videos after the VAE round trip"
     else:
         captions = [caption(sample_video_spec(stream, i, frames, height, width)) for i in range(args.num)]
-        model, text_encoder, codec, label, role = _load(args)
+        model, text_encoder, codec, label, cfg = _load(args)
         plan = plan or parse_plan(model.trained_plan or "1*")
         plan_spec = plan.spec
-        cfg = args.cfg_scale if args.cfg_scale is not None else (TEACHER_CFG if role == "teacher" else 1.0)
         seeds = [args.seed * NOISE_STRIDE + i for i in range(args.num)]
         videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg, args.batch)
         label += f", cfg {cfg:g}"
@@ -170,8 +172,8 @@ def _load_codec(path: str | None):
 
 
 def _load(args):
-    """(model, text encoder, codec, label, role) for --checkpoint or the shipped --model."""
-    from ..checkpoint import load_model
+    """(model, text encoder, codec, label, guidance) for --checkpoint or the shipped --model."""
+    from ..checkpoint import load_model, recorded_guidance
     from ..defaults import default_file
     from ..text import ToyTextEncoder
 
@@ -192,12 +194,17 @@ def _load(args):
         raise FileNotFoundError(f"text encoder {text_file}: no such file (pass --text-encoder)")
     model = load_model(file)
     role = model.checkpoint_metadata.get("asd.role", "student")
+    cfg = args.cfg_scale
+    if cfg is None:  # the file's own guidance; teachers written before asd.cfg existed: the shipped teacher's
+        cfg = recorded_guidance(model.checkpoint_metadata, str(file))
+    if cfg is None:
+        cfg = TEACHER_CFG if role == "teacher" else 1.0
     text_encoder = ToyTextEncoder.load(text_file)
     if text_encoder.width != model.config.text_dim:
         raise ValueError(f"{file.name} takes {model.config.text_dim}-dim text but {text_file.name} gives "
                          f"{text_encoder.width}: pass the text encoder the model was trained with")
     codec = _load_codec(args.vae)
-    return model, text_encoder, codec, f"{role} {file.name}", role
+    return model, text_encoder, codec, f"{role} {file.name}", cfg
 
 
 def format_result(result: dict) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import recorded_guidance
 from ..defaults import TOY
 from ..schedule import StepPlan, parse_plan
 from ..vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help=f"frames per second of the file (default {TOY.fps}; 16 for real Wan)")
     p.add_argument("--context-noise", type=float, default=0.0,
                    help="timestep (0-1000) at which finished chunks are re-noised for the cache pass (default 0)")
+    p.add_argument("--cfg-scale", type=float,
+                   help="classifier-free guidance against the empty prompt (default: the guidance the checkpoint "
+                        "records, asd.cfg, e.g. a teacher's; else 1 = none, as distilled students sample)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="transformer dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -97,6 +101,8 @@ def generate(args: argparse.Namespace) -> str:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if not 0 <= args.context_noise <= 1000:
         raise ValueError(f"--context-noise: context_noise is a timestep in [0, 1000], got {args.context_noise}")
+    if args.cfg_scale is not None and not args.cfg_scale >= 0:
+        raise ValueError(f"--cfg-scale must be >= 0 (1 = no guidance), got {args.cfg_scale}")
     user_plan = parse_plan(args.plan) if args.plan else (parse_plan(str(args.steps)) if args.steps else None)
     for name in ("checkpoint", "text_encoder", "vae"):
         value = getattr(args, name)
@@ -119,9 +125,14 @@ def generate(args: argparse.Namespace) -> str:
         raise ValueError(f"--width/--height must be positive multiples of {SPATIAL_FACTOR * p_w}x{SPATIAL_FACTOR * p_h} "
                          f"(VAE 8x, patch {p_h}x{p_w}), got {width}x{height}")
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
+    cfg = args.cfg_scale
+    if cfg is None:
+        cfg = recorded_guidance(getattr(model, "checkpoint_metadata", {}), label)
+    cfg = 1.0 if cfg is None else cfg
 
     with torch.no_grad():
         context = text_encoder.encode([args.prompt]).to(device, model.dtype)  # (1, L, text_dim)
+        negative = text_encoder.encode([""]).to(device, model.dtype) if cfg != 1.0 else None
 
     start = time.perf_counter()
     pieces, bar = [], None
@@ -138,7 +149,8 @@ def generate(args: argparse.Namespace) -> str:
         with codec.decode_stream() as stream:
             for chunk in sample_video(model, plan=plan, context=context, num_frames=latent_frames,
                                       latent_height=height // SPATIAL_FACTOR, latent_width=width // SPATIAL_FACTOR,
-                                      seeds=[args.seed], context_noise=args.context_noise, callback=tick):
+                                      seeds=[args.seed], negative_context=negative, cfg_scale=cfg,
+                                      context_noise=args.context_noise, callback=tick):
                 pieces.append(stream.push(chunk).cpu())  # decoded as soon as the chunk is done
     finally:
         if bar is not None:
@@ -146,7 +158,8 @@ def generate(args: argparse.Namespace) -> str:
     video = pixels_to_video(torch.cat(pieces, dim=2))[0]  # (T, H, W, 3) in [0, 1]
     write_video(out, video, fps=fps)
     seconds = time.perf_counter() - start
-    return (f"wrote {out}: {video.shape[0]} frames {width}x{height}, plan {describe_plan(plan)}, "
+    guidance = f", cfg {cfg:g}" if cfg != 1.0 else ""
+    return (f"wrote {out}: {video.shape[0]} frames {width}x{height}, plan {describe_plan(plan)}{guidance}, "
             f"{seconds:.1f} s [{label}]")
 
 

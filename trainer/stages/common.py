@@ -33,7 +33,6 @@ from .data import TRAIN_STREAM, read_uncond
 TEXT_ENCODER_FILE = "text_encoder.safetensors"
 SAMPLE_COUNT = 2  # sample videos per sample step: prompts 0..1, seeds 0..1, the same at every step
 TEACHER_SAMPLE_PLAN = "20"  # enough Euler steps to judge the teacher, cheap next to a save
-TEACHER_SAMPLE_CFG = 3.0
 STUDENT_VAE_HINT = "set vae=RUN_DIR_OR_FILE (the VAE the teacher's latents came from) to get sample videos"
 
 

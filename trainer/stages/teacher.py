@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from asd_core.checkpoint import save_checkpoint
+from asd_core.checkpoint import GUIDANCE_METADATA, save_checkpoint
 from asd_core.config import CausalWanConfig
 from asd_core.defaults import toy_model_config
 from asd_core.losses import add_noise, flow_matching_loss
@@ -32,7 +32,6 @@ from ..loop import Stage, StepResult, apply_update, step_seed, update_ema
 from ..state import network_state
 from .common import (
     SAMPLE_COUNT,
-    TEACHER_SAMPLE_CFG,
     TEACHER_SAMPLE_PLAN,
     TEXT_ENCODER_FILE,
     resolve_model_file,
@@ -119,7 +118,7 @@ class TeacherStage(Stage):
         return {"teacher": self.scheduler}
 
     def export_metadata(self) -> dict[str, str]:
-        return {"asd.role": "teacher"}
+        return {"asd.role": "teacher", GUIDANCE_METADATA: str(self.config.sample_cfg)}
 
     def checkpoint_extra(self):
         return {"model_config": self.model_config.to_json(), "plan": TEACHER_PLAN, "vae": self.vae,
@@ -171,7 +170,7 @@ class TeacherStage(Stage):
             context = self.shards.read([i % len(self.shards) for i in range(count)])[1]
             uncond = self.uncond
         return write_sample_videos(self, self.ema, directory, step, plan=TEACHER_SAMPLE_PLAN, context=context,
-                                   uncond=uncond, cfg_scale=TEACHER_SAMPLE_CFG)
+                                   uncond=uncond, cfg_scale=self.config.sample_cfg)
 
     def export(self, path: Path) -> Path:
         """EMA teacher as our checkpoint (config + plan); the toy text encoder beside it when trained."""
