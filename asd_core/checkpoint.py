@@ -50,11 +50,11 @@ class LoadedCheckpoint:
     entry: str | None = None  # Self Forcing: "generator_ema" or "generator"
 
 
-def recorded_guidance(metadata: dict[str, str], source: str) -> float | None:
-    """The CFG scale the file records (GUIDANCE_METADATA), or None when it records none."""
+def recorded_guidance(metadata: dict[str, str], source: str, default: float | None = None) -> float | None:
+    """The CFG scale the file records (GUIDANCE_METADATA), or `default` when it records none."""
     value = metadata.get(GUIDANCE_METADATA)
     if value is None:
-        return None
+        return default
     try:
         scale = float(value)
     except ValueError:

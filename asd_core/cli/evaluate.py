@@ -194,11 +194,9 @@ def _load(args):
         raise FileNotFoundError(f"text encoder {text_file}: no such file (pass --text-encoder)")
     model = load_model(file)
     role = model.checkpoint_metadata.get("asd.role", "student")
-    cfg = args.cfg_scale
-    if cfg is None:  # the file's own guidance; teachers written before asd.cfg existed: the shipped teacher's
-        cfg = recorded_guidance(model.checkpoint_metadata, str(file))
-    if cfg is None:
-        cfg = TEACHER_CFG if role == "teacher" else 1.0
+    # The file's own guidance; teachers written before asd.cfg existed get the shipped teacher's.
+    cfg = args.cfg_scale if args.cfg_scale is not None else recorded_guidance(
+        model.checkpoint_metadata, str(file), default=TEACHER_CFG if role == "teacher" else 1.0)
     text_encoder = ToyTextEncoder.load(text_file)
     if text_encoder.width != model.config.text_dim:
         raise ValueError(f"{file.name} takes {model.config.text_dim}-dim text but {text_file.name} gives "

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import recorded_guidance
 from ..defaults import TOY
 from ..schedule import StepPlan, parse_plan
 from ..vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
@@ -89,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def generate(args: argparse.Namespace) -> str:
     """Load, sample, decode chunk by chunk, write; returns the summary line."""
+    from ..checkpoint import recorded_guidance
     from ..sampler import sample_video
     from ..vae import pixels_to_video
     from ..video_io import write_video
@@ -125,10 +125,8 @@ def generate(args: argparse.Namespace) -> str:
         raise ValueError(f"--width/--height must be positive multiples of {SPATIAL_FACTOR * p_w}x{SPATIAL_FACTOR * p_h} "
                          f"(VAE 8x, patch {p_h}x{p_w}), got {width}x{height}")
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
-    cfg = args.cfg_scale
-    if cfg is None:
-        cfg = recorded_guidance(getattr(model, "checkpoint_metadata", {}), label)
-    cfg = 1.0 if cfg is None else cfg
+    cfg = args.cfg_scale if args.cfg_scale is not None else recorded_guidance(
+        getattr(model, "checkpoint_metadata", {}), label, default=1.0)
 
     with torch.no_grad():
         context = text_encoder.encode([args.prompt]).to(device, model.dtype)  # (1, L, text_dim)
