@@ -337,6 +337,30 @@ def test_asd_counts_limit_the_n_asd_runs_at(teacher_run, ode_run, tmp_path):
         distill_stage(teacher_run, ode_run, tmp_path, 16, "asd_weight=1", "asd_counts=[3,4]")
 
 
+def test_exit_weights_set_how_often_each_step_count_is_trained(teacher_run, ode_run, tmp_path):
+    """exit_weights: the drawn exits follow the weights (a zero weight is never drawn, three times the
+    weight about three times as often); unset, the draw is the uniform one runs before the option made."""
+    import collections
+
+    from trainer.loop import step_seed
+    from trainer.stages.distill import EXIT_SALT
+
+    weighted = distill_stage(teacher_run, ode_run, tmp_path, 16, "exit_weights=[3,1,0,1]")
+    counts = collections.Counter(weighted.draw_exit(step) + 1 for step in range(600))
+    assert counts[3] == 0 and set(counts) == {1, 2, 4}
+    assert 2.2 < counts[1] / counts[2] < 4 and 2.2 < counts[1] / counts[4] < 4, counts
+    only_two = distill_stage(teacher_run, ode_run, tmp_path, 16, "exit_weights=[0,1,0,0]")
+    assert {only_two.draw_exit(step) for step in range(50)} == {1}
+
+    uniform = distill_stage(teacher_run, ode_run, tmp_path, 16, "seed=7")
+    for step in range(50):
+        generator = torch.Generator().manual_seed(step_seed(7, 0, step, EXIT_SALT))
+        assert uniform.draw_exit(step) == int(torch.randint(4, (1,), generator=generator))
+    with pytest.raises(ValueError, match=r"exit_weights \[1.0, 1.0\]: with plan='4' \(N = 4 steps\) give one "
+                                         r"weight per exit count n = 1..4"):
+        distill_stage(teacher_run, ode_run, tmp_path, 16, "exit_weights=[1,1]")
+
+
 @pytest.mark.parametrize("weighting", ["fixed", "relative"])
 def test_asd_weighting_fixes_alpha_or_the_ratio_of_the_gradients_at_the_output(teacher_run, ode_run, tmp_path,
                                                                                weighting):
@@ -377,6 +401,10 @@ def test_discriminator_noise_range_is_checked(tmp_path):
     load_config(distill, [f"out_dir={tmp_path}", "exit_plans=per_count", "asd_weight=0"])  # DMD only: no real branch
     with pytest.raises(ValueError, match=r"asd_counts are step counts n >= 1 .* got \[0, 1\]"):
         load_config(distill, [f"out_dir={tmp_path}", "asd_counts=[0,1]"])
+    with pytest.raises(ValueError, match=r"exit_weights are relative draw weights .* got \[1.0, -1.0\]"):
+        load_config(distill, [f"out_dir={tmp_path}", "exit_weights=[1,-1]"])
+    with pytest.raises(ValueError, match=r"exit_weights .* at least one > 0, got \[0.0, 0.0\]"):
+        load_config(distill, [f"out_dir={tmp_path}", "exit_weights=[0,0]"])
 
 
 def probe_args(teacher_run, ode_run, *extra):

@@ -126,6 +126,9 @@ class DistillConfig(RunConfig):
     # Forcing: the 2-step output is [1000, 937.5]); "per_count" = the n-step plan users sample
     # with (`parse_plan("2")`: [1000, 833.3]), so every exit trains a plan the sampler runs.
     exit_plans: str = "nested"
+    # How often each exit count n = 1..N is drawn, relative weights ([] = uniform, Self Forcing's
+    # draw): e.g. [3,1,1,1] spends half the iterations on 1-step outputs, for a student sampled at 1 step.
+    exit_weights: list[float] = field(default_factory=list)
     export_plan: str = ""  # plan written into exported checkpoints ("" = plan)
     cfg_scale: float = 3.0  # real score guidance
     gen_update_ratio: int = 5  # generator updated every this many critic steps
@@ -322,6 +325,9 @@ def validate(config: RunConfig) -> None:
                 raise ValueError("exit_plans=per_count has no one-trajectory continuation (the (n+1)-step plan's "
                                  "timesteps differ from the n-step plan's): set asd_real=same_noise or "
                                  "asd_real=rollout")
+        if config.exit_weights and (any(w < 0 for w in config.exit_weights) or sum(config.exit_weights) <= 0):
+            raise ValueError(f"exit_weights are relative draw weights of the exit counts n = 1..N: each >= 0, "
+                             f"at least one > 0, got {config.exit_weights}")
         if config.asd_weighting not in ("fixed", "relative"):
             raise ValueError(f"asd_weighting must be 'fixed' (L_DMD + alpha * L_ASD) or 'relative' (the ASD gradient "
                              f"scaled to alpha x the DMD gradient's norm), got {config.asd_weighting!r}")

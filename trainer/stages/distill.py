@@ -6,7 +6,8 @@ matching on generated videos) and the ASD discriminator (a light head on the cri
 or the frozen teacher's with disc_backbone=teacher).
 
 One iteration (Self Forcing's schedule): the generator is rolled out chunk by chunk with its
-own KV cache; the exit step index e ~ U{0..N-1} is drawn on rank 0 and broadcast. The
+own KV cache; the exit step index e ~ U{0..N-1} (or weighted by `exit_weights`) is drawn on
+rank 0 and broadcast. The
 critic is updated every iteration; the generator every `gen_update_ratio`-th with
 L_DMD + alpha * L_ASD (`asd_weighting=relative`: alpha fixes the ratio of the two gradients'
 norms at the generator's output instead). *(inferred)* ASD's n is the exit step's count, n = e + 1: the
@@ -88,6 +89,9 @@ class DistillStage(Stage):
         self.num_steps = len(self.rest_steps)  # N: the training step count of later chunks
         # per_count: the later chunks' timesteps of an n-step exit, n = 1..N (the sampler's plan "n")
         self.count_plans = {n: tuple(parse_plan(str(n)).rest) for n in range(1, self.num_steps + 1)}
+        if c.exit_weights and len(c.exit_weights) != self.num_steps:
+            raise ValueError(f"exit_weights {c.exit_weights}: with plan={c.plan!r} (N = {self.num_steps} steps) give "
+                             f"one weight per exit count n = 1..{self.num_steps}")
         self.asd_counts = set(c.asd_counts or range(1, self.num_steps))
         if self.asd_counts and max(self.asd_counts) > self.num_steps - 1:
             raise ValueError(f"asd_counts {sorted(self.asd_counts)}: with plan={c.plan!r} (N = {self.num_steps} steps) "
@@ -166,7 +170,11 @@ class DistillStage(Stage):
     def draw_exit(self, step: int) -> int:
         """The exit step index for this iteration: rank 0 draws it, every rank uses it."""
         generator = torch.Generator().manual_seed(step_seed(self.config.seed, 0, step, EXIT_SALT))
-        drawn = int(torch.randint(self.num_steps, (1,), generator=generator))
+        if self.config.exit_weights:
+            weights = torch.tensor(self.config.exit_weights, dtype=torch.float64)
+            drawn = int(torch.multinomial(weights, 1, generator=generator))
+        else:  # uniform: kept as randint so runs from before exit_weights re-make bit for bit
+            drawn = int(torch.randint(self.num_steps, (1,), generator=generator))
         return dist.broadcast_int(drawn, self.runtime)
 
     def noised(self, x: torch.Tensor, generator: torch.Generator, *, for_discriminator: bool = False):
