@@ -101,7 +101,7 @@ def test_teacher_trajectory_matches_the_closed_form_solution():
 @pytest.fixture(scope="module")
 def distill_runs(teacher_run, ode_run, tmp_path_factory):
     runs = {}
-    for name, extra in (("dmd", ["asd_weight=0"]), ("asd", ["asd_weight=10", "ffe_first_plan=4"])):
+    for name, extra in (("dmd", ["asd_weight=0"]), ("asd", ["asd_weight=10", "ffe_first_plan=4", "exit_weights=[3,1]"])):
         out = tmp_path_factory.mktemp(name)
         assert train("distill.yaml", out, *distill_args(teacher_run, ode_run, 4, *extra)) == 0
         runs[name] = out
@@ -118,6 +118,7 @@ def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
         assert metadata["asd.asd_counts"] == "1"  # plan 2: ASD compares 1-step with 2-step outputs only
         assert metadata["asd.asd_weight"] == {"dmd": "0.0", "asd": "10.0"}[name]
         assert metadata["asd.real_cfg"] == "3.0"  # distill.yaml's guidance of the real score
+        assert metadata["asd.exit_weights"] == {"dmd": "", "asd": "3,1"}[name]  # "" = the uniform draw
         state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
         key = "blocks.0.attn1.to_q.weight"
         assert not torch.equal(state[f"model/generator/{key}"], init[key])  # the generator trained

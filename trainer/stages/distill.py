@@ -159,6 +159,7 @@ class DistillStage(Stage):
         return {"asd.role": "student", "asd.asd_weight": str(self.config.asd_weight),
                 "asd.asd_weighting": self.config.asd_weighting,
                 "asd.asd_counts": ",".join(str(n) for n in sorted(self.asd_counts)),
+                "asd.exit_weights": ",".join(f"{w:g}" for w in self.config.exit_weights),  # "" = uniform
                 "asd.real_cfg": str(self.config.cfg_scale)}  # the teacher guidance the student was distilled toward
 
     def checkpoint_extra(self):
