@@ -360,6 +360,9 @@ def test_exit_weights_set_how_often_each_step_count_is_trained(teacher_run, ode_
     with pytest.raises(ValueError, match=r"exit_weights \[1.0, 1.0\]: with plan='4' \(N = 4 steps\) give one "
                                          r"weight per exit count n = 1..4"):
         distill_stage(teacher_run, ode_run, tmp_path, 16, "exit_weights=[1,1]")
+    with pytest.raises(ValueError, match=r"never draw an exit ASD runs at \(n in \[1\]\), so asd_weight=1.0 would "
+                                         r"train DMD only"):
+        distill_stage(teacher_run, ode_run, tmp_path, 16, "exit_weights=[0,1,1,1]", "asd_weight=1", "asd_counts=[1]")
 
 
 @pytest.mark.parametrize("weighting", ["fixed", "relative"])

@@ -7,8 +7,7 @@ or the frozen teacher's with disc_backbone=teacher).
 
 One iteration (Self Forcing's schedule): the generator is rolled out chunk by chunk with its
 own KV cache; the exit step index e ~ U{0..N-1} (or weighted by `exit_weights`) is drawn on
-rank 0 and broadcast. The
-critic is updated every iteration; the generator every `gen_update_ratio`-th with
+rank 0 and broadcast. The critic is updated every iteration; the generator every `gen_update_ratio`-th with
 L_DMD + alpha * L_ASD (`asd_weighting=relative`: alpha fixes the ratio of the two gradients'
 norms at the generator's output instead). *(inferred)* ASD's n is the exit step's count, n = e + 1: the
 n-step output (with gradient) is compared against the same rollout taken one step further
@@ -96,6 +95,10 @@ class DistillStage(Stage):
         if self.asd_counts and max(self.asd_counts) > self.num_steps - 1:
             raise ValueError(f"asd_counts {sorted(self.asd_counts)}: with plan={c.plan!r} (N = {self.num_steps} steps) "
                              f"ASD can compare n-step with (n+1)-step outputs for n = 1..{self.num_steps - 1} only")
+        if c.asd_weight > 0 and c.exit_weights and not any(c.exit_weights[n - 1] > 0 for n in self.asd_counts):
+            raise ValueError(f"exit_weights {c.exit_weights} never draw an exit ASD runs at (n in "
+                             f"{sorted(self.asd_counts)}), so asd_weight={c.asd_weight} would train DMD only: "
+                             f"give one of those n a weight > 0, or set asd_weight=0")
 
         chunk = model_config_of(c.init).chunk_frames
         if self.frames % chunk:
