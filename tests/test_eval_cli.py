@@ -86,6 +86,15 @@ def test_guidance_the_checkpoint_records_is_the_default_and_cfg_scale_overrides_
     assert unguided["model"].endswith("cfg 1") and unguided["fd"] != recorded["fd"]
 
 
+def test_context_noise_renoises_the_cache_and_is_named(toy_files, capsys):
+    common = ["--checkpoint", str(toy_files["student"]), "--vae", str(toy_files["vae"]), "--num", "2", "--plan", "1"]
+    clean = run_json(capsys, *common)
+    noised = run_json(capsys, *common, "--context-noise", "500")
+    assert "context noise" not in clean["model"] and noised["model"].endswith("context noise 500")
+    assert noised["fd"] != clean["fd"]  # later chunks attend to a different cache
+    assert run_json(capsys, *common, "--context-noise", "0")["fd"] == clean["fd"]
+
+
 def test_a_checkpoint_with_unreadable_guidance_is_a_one_line_error(toy_files, capsys):
     model = CausalWanTransformer(toy_model_config())
     bad = save_checkpoint(toy_files["teacher"].parent / "teacher_bad_cfg.safetensors", model.state_dict(),
@@ -109,6 +118,7 @@ def test_table_output_names_every_main_score(toy_files, capsys):
     (["--num", "1"], "--num must be >= 2"),
     (["--checkpoint", "missing.safetensors"], "no such file"),
     (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
+    (["--context-noise", "1001"], "--context-noise is a timestep in [0, 1000]"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, args, message):
     assert main(args) == 2

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float,
                    help="classifier-free guidance (default: the guidance the checkpoint records, asd.cfg; a teacher "
                         f"that records none: {TEACHER_CFG}, the shipped teacher's; students: 1 = off)")
+    p.add_argument("--context-noise", type=float, default=0.0,
+                   help="timestep in [0, 1000] at which each finished chunk is re-noised before it is written to the "
+                        "KV cache (default 0: clean; match the distill run's context_noise)")
     p.add_argument("--text-encoder", help="toy text encoder file (default: text_encoder.safetensors beside the "
                                           "checkpoint, else the shipped one)")
     p.add_argument("--vae", help="toy VAE file (default: the shipped one)")
@@ -83,6 +86,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.context_noise <= 1000:
+        raise ValueError(f"--context-noise is a timestep in [0, 1000], got {args.context_noise}")
     if args.cfg_scale is not None and not args.cfg_scale >= 0:
         raise ValueError(f"--cfg-scale must be >= 0 (1 = no guidance), got {args.cfg_scale}")
     plan = parse_plan(args.plan) if args.plan else None  # a typo fails before any loading
@@ -102,8 +107,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         plan = plan or parse_plan(model.trained_plan or "1*")
         plan_spec = plan.spec
         seeds = [args.seed * NOISE_STRIDE + i for i in range(args.num)]
-        videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg, args.batch)
-        label += f", cfg {cfg:g}"
+        videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg, args.batch,
+                                 context_noise=args.context_noise)
+        label += f", cfg {cfg:g}" + (f", context noise {args.context_noise:g}" if args.context_noise else "")
 
     result = evaluate_videos(videos, captions)
     if args.per_chunk:
@@ -119,7 +125,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list[int], plan, cfg_scale: float,
-                    batch: int) -> np.ndarray:
+                    batch: int, context_noise: float = 0.0) -> np.ndarray:
     """Videos (N, T, H, W, 3) uint8 for the captions, sampled `batch` at a time with a progress bar."""
     from ..sampler import sample_video
     from ..vae import pixels_to_video
@@ -137,7 +143,8 @@ def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list
             context = text_encoder.encode(texts).to(model.dtype)
             chunks = list(sample_video(model, plan=plan, context=context, num_frames=latent[0],
                                        latent_height=latent[1], latent_width=latent[2], seeds=batch_seeds,
-                                       negative_context=negative, cfg_scale=cfg_scale))
+                                       negative_context=negative, cfg_scale=cfg_scale,
+                                       context_noise=context_noise))
             pixels = codec.decode(torch.cat(chunks, dim=2).float())
             out.append(_to_uint8(pixels_to_video(pixels)))
             bar.update(len(texts))
