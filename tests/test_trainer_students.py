@@ -119,6 +119,7 @@ def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
         assert metadata["asd.asd_weight"] == {"dmd": "0.0", "asd": "10.0"}[name]
         assert metadata["asd.real_cfg"] == "3.0"  # distill.yaml's guidance of the real score
         assert metadata["asd.exit_weights"] == {"dmd": "", "asd": "3,1"}[name]  # "" = the uniform draw
+        assert metadata["asd.ema_decay"] == "0.99"  # distill.yaml's average
         state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
         key = "blocks.0.attn1.to_q.weight"
         assert not torch.equal(state[f"model/generator/{key}"], init[key])  # the generator trained
@@ -153,6 +154,25 @@ def test_export_at_a_step_writes_what_the_stage_exports(distill_runs, tmp_path, 
     error = capsys.readouterr().err
     assert "no checkpoint at step 3" in error and "it has: 4" in error
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_raw_export_is_the_file_a_run_without_ema_writes(distill_runs, teacher_run, ode_run, tmp_path, capsys):
+    """The EMA feeds nothing back: a finished run's trained generator (--raw) equals, tensors and
+    metadata, the export of the same run with ema_decay=0, so a run can be scored without its average."""
+    run = distill_runs["dmd"]
+    raw = tmp_path / "raw.safetensors"
+    assert main(["export", str(run), "--raw", "--out", str(raw)]) == 0  # default: the last checkpoint (4)
+    assert "at step 4 (raw, no EMA)" in capsys.readouterr().out
+    no_ema = tmp_path / "no_ema"
+    assert train("distill.yaml", no_ema, *distill_args(teacher_run, ode_run, 4, "asd_weight=0", "ema_decay=0")) == 0
+    exported, reference = read_checkpoint(raw), read_checkpoint(no_ema / "model.safetensors")
+    assert exported.metadata == reference.metadata and reference.metadata["asd.ema_decay"] == "0.0"
+    assert exported.state_dict.keys() == reference.state_dict.keys()
+    assert all(torch.equal(exported.state_dict[k], reference.state_dict[k]) for k in reference.state_dict)
+    averaged = tensors(run / "model.safetensors")
+    assert not all(torch.equal(averaged[k], reference.state_dict[k]) for k in averaged)  # EMA 0.99 differs
+    assert main(["export", str(tmp_path), "--raw", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
 
 
 def test_distill_resume_is_exact(teacher_run, ode_run, tmp_path):

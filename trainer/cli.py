@@ -1,4 +1,4 @@
-"""`asd-train CONFIG.yaml [key=value ...] [--resume]`, `asd-train export RUN_DIR [--step N] --out FILE`,
+"""`asd-train CONFIG.yaml [key=value ...] [--resume]`, `asd-train export RUN_DIR [--step N] [--raw] --out FILE`,
 `asd-train prepare {latents,prompts} ...` (= `python -m trainer.prepare`, see trainer/prepare.py)."""
 
 from __future__ import annotations
@@ -36,21 +36,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(argv: list[str]) -> int:
     """Copy a finished run's exported model (EMA weights, config + plan in metadata) to --out,
-    or with --step write the same from the checkpoint at that step (trainer/export.py)."""
+    or with --step write the same from the checkpoint at that step, or with --raw the trained
+    network instead of its EMA (trainer/export.py)."""
     parser = argparse.ArgumentParser(prog="asd-train export")
     parser.add_argument("run_dir")
     parser.add_argument("--out", required=True, help="destination .safetensors")
     parser.add_argument("--step", type=int, help="export the checkpoint at this step instead of the finished model "
                                                  "(a run part-way, or one that was stopped)")
+    parser.add_argument("--raw", action="store_true", help="the trained network, not its EMA: what ema_decay=0 "
+                                                           "exports (default step: the run's last checkpoint)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out.name!r}")
-    if args.step is not None:
-        from .export import export_step
+    if args.step is not None or args.raw:
+        from .export import export_step, last_step
 
-        export_step(args.run_dir, args.step, out)
-        print(f"exported {args.run_dir} at step {args.step} -> {out}")
+        step = args.step if args.step is not None else last_step(args.run_dir)
+        export_step(args.run_dir, step, out, raw=args.raw)
+        print(f"exported {args.run_dir} at step {step}{' (raw, no EMA)' if args.raw else ''} -> {out}")
         return 0
     source = Path(args.run_dir) / FINAL_MODEL
     if not source.is_file():

@@ -5,6 +5,10 @@ the way there: evaluating a run part-way (where a student started to collapse, s
 taking a model from a run that was stopped. The file is the one the stage's own export
 writes at that step: the EMA network, the model config, the plan and the metadata the stage
 records for its export (role, alpha) in every checkpoint.
+
+`raw=True` writes the trained network itself instead of its EMA, with `asd.ema_decay` "0.0":
+the file a run with `ema_decay=0` would have exported, since the EMA feeds nothing back into
+training (tested). It lets a finished run be scored without its average, at no training cost.
 """
 
 from __future__ import annotations
@@ -29,8 +33,19 @@ def checkpoint_at(run_dir: Path, step: int) -> Path:
     return found[step]
 
 
-def export_step(run_dir: str | Path, step: int, out: str | Path) -> Path:
-    """Write the EMA network of the run's checkpoint at `step` to `out`, as the stage's export would."""
+RAW_NETWORKS = ("generator", "model")  # the trained network: a distill run's, a teacher's or an ode_init's
+
+
+def last_step(run_dir: str | Path) -> int:
+    """The step of the run's newest complete checkpoint (ValueError when it has none)."""
+    found = Checkpointer(Path(run_dir) / CHECKPOINTS).complete()
+    if not found:
+        raise ValueError(f"{run_dir} has no complete checkpoint to export")
+    return max(int(path.name[len(PREFIX):]) for path in found)
+
+
+def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = False) -> Path:
+    """Write the EMA network (or with `raw` the trained one) of the run's checkpoint at `step` to `out`."""
     path = checkpoint_at(Path(run_dir), step)
     extra = read_meta(path)["extra"]
     if "model_config" not in extra:
@@ -41,5 +56,8 @@ def export_step(run_dir: str | Path, step: int, out: str | Path) -> Path:
         raise ValueError(f"{path} predates `export --step` (no export_metadata): resume the run past its next "
                          "save, or export the finished run without --step")
     config = CausalWanConfig.from_json(extra["model_config"])
-    return save_checkpoint(out, read_module_state(path, "ema"), config, plan=extra["plan"],
-                           extra=extra["export_metadata"])
+    metadata, network = dict(extra["export_metadata"]), "ema"
+    if raw:
+        network = next(name for name in RAW_NETWORKS if name in read_meta(path)["modules"])
+        metadata["asd.ema_decay"] = "0.0"
+    return save_checkpoint(out, read_module_state(path, network), config, plan=extra["plan"], extra=metadata)

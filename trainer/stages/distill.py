@@ -163,7 +163,8 @@ class DistillStage(Stage):
                 "asd.asd_weighting": self.config.asd_weighting,
                 "asd.asd_counts": ",".join(str(n) for n in sorted(self.asd_counts)),
                 "asd.exit_weights": ",".join(f"{w:g}" for w in self.config.exit_weights),  # "" = uniform
-                "asd.real_cfg": str(self.config.cfg_scale)}  # the teacher guidance the student was distilled toward
+                "asd.real_cfg": str(self.config.cfg_scale),  # the teacher guidance the student was distilled toward
+                "asd.ema_decay": str(self.config.ema_decay)}  # 0.0: the trained generator itself, no average
 
     def checkpoint_extra(self):
         return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae,
