@@ -38,16 +38,17 @@ RAW_NETWORKS = ("generator", "model")  # the trained network: a distill run's, a
 
 def last_step(run_dir: str | Path) -> int:
     """The step of the run's newest complete checkpoint (ValueError when it has none)."""
-    found = Checkpointer(Path(run_dir) / CHECKPOINTS).complete()
+    found = Checkpointer(Path(run_dir) / CHECKPOINTS).complete()  # oldest first
     if not found:
         raise ValueError(f"{run_dir} has no complete checkpoint to export")
-    return max(int(path.name[len(PREFIX):]) for path in found)
+    return int(found[-1].name[len(PREFIX):])
 
 
 def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = False) -> Path:
     """Write the EMA network (or with `raw` the trained one) of the run's checkpoint at `step` to `out`."""
     path = checkpoint_at(Path(run_dir), step)
-    extra = read_meta(path)["extra"]
+    meta = read_meta(path)
+    extra = meta["extra"]
     if "model_config" not in extra:
         stage = extra.get("config", {}).get("stage", "?")
         raise ValueError(f"{path} is a '{stage}' checkpoint: only teacher, ode_init and distill runs hold a "
@@ -58,6 +59,6 @@ def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = Fal
     config = CausalWanConfig.from_json(extra["model_config"])
     metadata, network = dict(extra["export_metadata"]), "ema"
     if raw:
-        network = next(name for name in RAW_NETWORKS if name in read_meta(path)["modules"])
+        network = next(name for name in RAW_NETWORKS if name in meta["modules"])
         metadata["asd.ema_decay"] = "0.0"
     return save_checkpoint(out, read_module_state(path, network), config, plan=extra["plan"], extra=metadata)
