@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 
 from .atomic import save_safetensors
-from .config import CausalWanConfig
+from .config import WAN_TEXT_LEN, CausalWanConfig
 from .layouts import COMFYUI_PREFIX, diffusers_to_wan, to_diffusers
 
 FORMAT = "comfyui-asd/1"
@@ -207,6 +207,8 @@ def infer_config(state_dict: dict, *, source: str = "state dict") -> CausalWanCo
 
     Shapes do not reveal the head count (q/k norms span all heads), so heads = width / 128 as
     in every Wan2.1 model; files of other head sizes need an explicit config or our metadata.
+    Foreign files are Wan models trained on umt5 contexts zero-padded to 512 tokens, so they
+    sample with the same padding (`text_len`).
     """
     required = (
         "patch_embedding.weight",
@@ -239,6 +241,7 @@ def infer_config(state_dict: dict, *, source: str = "state dict") -> CausalWanCo
         patch_size=tuple(patch),
         cross_attn_norm="blocks.0.norm2.weight" in state_dict,
         qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in state_dict else None,
+        text_len=WAN_TEXT_LEN,
     )
 
 
@@ -303,7 +306,7 @@ def load_model(path, *, device="cpu", dtype: torch.dtype = torch.float32, chunk_
     """
     from diffusers.models.modeling_utils import no_init_weights
 
-    from .model import FP32_PARAMETER_PATTERNS, CausalWanTransformer
+    from .model import CausalWanTransformer, cast_for_inference
 
     checkpoint = read_checkpoint(path, prefer_ema=prefer_ema, config=config)
     config = checkpoint.config
@@ -314,10 +317,7 @@ def load_model(path, *, device="cpu", dtype: torch.dtype = torch.float32, chunk_
     with torch.device(device), no_init_weights():
         model = CausalWanTransformer(config)
     model.load_state_dict(checkpoint.state_dict, strict=True)
-    for name, param in model.named_parameters():
-        keep_fp32 = any(pattern in name for pattern in FP32_PARAMETER_PATTERNS)
-        param.data = param.data.to(torch.float32 if keep_fp32 else dtype)
-        param.requires_grad_(False)
+    cast_for_inference(model, dtype).requires_grad_(False)
     model.trained_plan = checkpoint.plan
     model.checkpoint_layout = checkpoint.layout
     model.checkpoint_metadata = dict(checkpoint.metadata)  # e.g. asd.role: teacher or student

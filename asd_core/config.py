@@ -11,6 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+WAN_TEXT_LEN = 512  # umt5 tokens Wan2.1 pads every prompt to
+
 
 @dataclass
 class CausalWanConfig:
@@ -28,11 +30,18 @@ class CausalWanConfig:
     eps: float = 1e-6
     rope_max_seq_len: int = 1024  # longest RoPE axis, in patches/frames
     chunk_frames: int = 3  # latent frames per autoregressive chunk (block-causal unit)
+    # Text tokens the context is zero-padded to before the text embedding, as Wan does (512 for
+    # umt5): the padding tokens embed to the MLP's bias and take part in cross-attention, so a
+    # model trained padded must sample padded. None: the context as given (the toy models).
+    text_len: int | None = None
 
     def __post_init__(self):
         self.patch_size = tuple(int(p) for p in self.patch_size)
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        if self.text_len is not None and (isinstance(self.text_len, bool) or not isinstance(self.text_len, int)
+                                          or self.text_len < 1):
+            raise ValueError(f"text_len must be a positive number of tokens or None, got {self.text_len!r}")
         if self.attention_head_dim % 2:
             raise ValueError(f"attention_head_dim must be even for RoPE, got {self.attention_head_dim}")
 
@@ -49,6 +58,7 @@ class CausalWanConfig:
         """Arguments for diffusers' `WanTransformer3DModel` with the same weights layout."""
         kwargs = dataclasses.asdict(self)
         kwargs.pop("chunk_frames")
+        kwargs.pop("text_len")  # diffusers pads in its pipeline, not in the transformer
         return kwargs
 
     def to_json(self) -> str:
@@ -69,7 +79,7 @@ class CausalWanConfig:
 
 def wan21_t2v_1_3b(chunk_frames: int = 3) -> CausalWanConfig:
     """The real Wan2.1-T2V-1.3B transformer (Self Forcing's causal student uses the same)."""
-    return CausalWanConfig(chunk_frames=chunk_frames)
+    return CausalWanConfig(chunk_frames=chunk_frames, text_len=WAN_TEXT_LEN)
 
 
 def tiny_config(**overrides) -> CausalWanConfig:

@@ -101,7 +101,7 @@ def load_default_pipeline(device="cpu", dtype: torch.dtype = torch.float32, allo
     VAE stay float32 whatever `dtype` (they are small and run once per video).
     """
     from .checkpoint import load_model
-    from .model import CausalWanTransformer
+    from .model import CausalWanTransformer, cast_for_inference
     from .text import ToyTextConfig, ToyTextEncoder
     from .vae import LatentCodec
 
@@ -123,7 +123,7 @@ def load_default_pipeline(device="cpu", dtype: torch.dtype = torch.float32, allo
         torch.manual_seed(UNTRAINED_SEED)
         model = CausalWanTransformer(toy_model_config())
         text_encoder = ToyTextEncoder(ToyTextConfig(width=TOY.text_dim, max_length=TOY.text_length))
-    model = model.eval().requires_grad_(False).to(device, dtype)
+    model = cast_for_inference(model.eval().requires_grad_(False).to(device), dtype)
     text_encoder = text_encoder.eval().requires_grad_(False).to(device)
     codec = LatentCodec.tiny_random(seed=UNTRAINED_SEED)
     codec.vae.to(device)

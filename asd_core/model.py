@@ -30,8 +30,18 @@ from .config import CausalWanConfig
 from .kv_cache import KVCache
 
 # Parameters kept in float32 whatever the model dtype: bf16 parity with upstream Wan /
-# Self Forcing needs fp32 norms, modulation tables and the timestep MLP.
-FP32_PARAMETER_PATTERNS = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3", "norm_q", "norm_k")
+# Self Forcing needs fp32 norms, modulation tables and the timestep MLP and projection (Wan
+# computes the modulation under a float32 autocast).
+FP32_PARAMETER_PATTERNS = ("time_embedder", "time_proj", "scale_shift_table", "norm1", "norm2", "norm3", "norm_q",
+                           "norm_k")
+
+
+def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast to `dtype` except the FP32_PARAMETER_PATTERNS parameters (the loader's convention)."""
+    for name, param in model.named_parameters():
+        keep_fp32 = any(pattern in name for pattern in FP32_PARAMETER_PATTERNS)
+        param.data = param.data.to(torch.float32 if keep_fp32 else dtype)
+    return model
 
 
 class OffsetRotaryEmbedding(WanRotaryPosEmbed):
@@ -102,8 +112,10 @@ class CausalSelfAttention:
         self.routing = routing
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        query = attn.norm_q(attn.to_q(hidden_states))
-        key = attn.norm_k(attn.to_k(hidden_states))
+        # QK RMSNorm in float32 (its weights are kept float32): Wan normalises in full precision,
+        # and matching dtypes keep torch on its fused kernel.
+        query = _qk_norm(attn.norm_q, attn.to_q(hidden_states))
+        key = _qk_norm(attn.norm_k, attn.to_k(hidden_states))
         value = attn.to_v(hidden_states)
         query, key, value = (rearrange(t, "b s (h d) -> b s h d", h=attn.heads) for t in (query, key, value))
         cos, sin = rotary_emb
@@ -123,6 +135,29 @@ class CausalSelfAttention:
         )
         out = rearrange(out, "b h s d -> b s (h d)").type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+class TextCrossAttention:
+    """`attn2` processor: attention to the text tokens, q/k normalised as `CausalSelfAttention` does.
+
+    diffusers' processor normalises a bf16 query with the float32 norm weights, which torch
+    can only run on its slow unfused path; this is the same computation for text-only Wan.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        query = _qk_norm(attn.norm_q, attn.to_q(hidden_states))
+        key = _qk_norm(attn.norm_k, attn.to_k(encoder_hidden_states))
+        value = attn.to_v(encoder_hidden_states)
+        query, key, value = (rearrange(t, "b s (h d) -> b h s d", h=attn.heads) for t in (query, key, value))
+        out = F.scaled_dot_product_attention(query, key, value)
+        out = rearrange(out, "b h s d -> b s (h d)").type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def _qk_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply q/k RMSNorm in its weights' dtype (float32 as loaded), returning x's dtype."""
+    weight = getattr(norm, "weight", None)
+    return norm(x.to(torch.float32 if weight is None else weight.dtype)).type_as(x)
 
 
 def block_causal_mask(num_frames: int, tokens_per_frame: int, chunk_frames: int, frame_offset: int, device) -> torch.Tensor:
@@ -157,6 +192,7 @@ class CausalWanTransformer(nn.Module):
         self.routing = AttentionRouting()
         for index, block in enumerate(self.blocks):
             block.attn1.set_processor(CausalSelfAttention(index, self.routing))
+            block.attn2.set_processor(TextCrossAttention())
         self.gradient_checkpointing = False
         self.trained_plan: str | None = None  # set by the checkpoint loader
         self.checkpoint_layout: str | None = None
@@ -204,6 +240,9 @@ class CausalWanTransformer(nn.Module):
         `frame_offset`; `update_cache=True` keeps its keys/values for later chunks.
         With `return_features`: also the hidden states (B, S, D) after those block indices.
         """
+        # The boundary: whatever device and float type the caller holds (ComfyUI hands float32
+        # conditioning to a bf16 model), the weights' own are used inside.
+        x = x.to(self.device, self.dtype)
         batch, _, num_frames, height, width = x.shape
         p_t, p_h, p_w = self.config.patch_size
         if num_frames % p_t or height % p_h or width % p_w:
@@ -278,12 +317,35 @@ class CausalWanTransformer(nn.Module):
 
         A uniform timestep (every inference call) keeps the (B, 6, D) modulation that Wan
         uses; mixed per-frame timesteps (diffusion forcing in training) expand to (B, S, 6, D).
+        The timestep path runs in its parameters' float32 (as Wan's float32 autocast does); the
+        context is cast to the text embedder's dtype and padded to `config.text_len`.
         """
+        embedder = self.condition_embedder
+        context = self._pad_context(context.to(self.device, embedder.text_embedder.linear_1.weight.dtype))
         batch, frames = frame_timesteps.shape
-        if bool((frame_timesteps == frame_timesteps[:, :1]).all()):
-            temb, proj, context, _ = self.condition_embedder(frame_timesteps[:, 0], context)
+        uniform = bool((frame_timesteps == frame_timesteps[:, :1]).all())
+        timesteps = frame_timesteps[:, 0] if uniform else frame_timesteps.flatten()
+        frequencies = embedder.timesteps_proj(timesteps)  # (N, freq_dim), float32
+        temb = embedder.time_embedder(frequencies.to(embedder.time_embedder.linear_1.weight.dtype))
+        proj = embedder.time_proj(embedder.act_fn(temb).to(embedder.time_proj.weight.dtype))
+        context = embedder.text_embedder(context)
+        if uniform:
             return temb, rearrange(proj, "b (six d) -> b six d", six=6), context
-        temb, proj, context, _ = self.condition_embedder(frame_timesteps.flatten(), context, timestep_seq_len=frames)
-        temb = temb.repeat_interleave(tokens_per_frame, dim=1)  # (B, S, D)
-        proj = rearrange(proj, "b f (six d) -> b f six d", six=6).repeat_interleave(tokens_per_frame, dim=1)
+        temb = rearrange(temb, "(b f) d -> b f d", f=frames).repeat_interleave(tokens_per_frame, dim=1)  # (B, S, D)
+        proj = rearrange(proj, "(b f) (six d) -> b f six d", f=frames, six=6).repeat_interleave(tokens_per_frame, dim=1)
         return temb, proj, context
+
+    def _pad_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Zero-pad (B, L, D) to `config.text_len` tokens as Wan does; longer prompts keep their
+        first text_len tokens, which is where Wan's tokenizer cuts them."""
+        text_len = self.config.text_len
+        if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
+            raise ValueError(
+                f"text context of shape {tuple(context.shape)} does not fit this model: it needs (batch, tokens, "
+                f"{self.config.text_dim}); use the text encoder the checkpoint was trained with"
+            )
+        if text_len is None or context.shape[1] == text_len:
+            return context
+        if context.shape[1] > text_len:
+            return context[:, :text_len]
+        return F.pad(context, (0, 0, 0, text_len - context.shape[1]))

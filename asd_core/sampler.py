@@ -2,8 +2,9 @@
 
 For each chunk of `chunk_frames` latent frames: start from noise; at each timestep of the
 plan predict x0 and re-noise it to the next timestep with fresh noise; the last x0 is the
-chunk. Then one more pass on the clean chunk at t=0 (or `context_noise`) writes its keys and
-values into the KV cache for the chunks after it. Chunks are yielded as they finish.
+chunk. Then one more pass on the clean chunk, labelled timestep 0 (or `context_noise`, with no
+noise added, as Self Forcing's inference pipeline does), writes its keys and values into the
+KV cache for the chunks after it. Chunks are yielded as they finish.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def sample_video(
       sample's video depends on its seed only (same seed, same video, bitwise on CPU).
     context: (B or 1, L, text_dim) text embeddings; negative_context + cfg_scale != 1 turns
       on classifier-free guidance (off for distilled models).
-    context_noise: timestep in [0, 1000] at which the clean chunk is re-noised for the
-      cache-filling pass (0 = clean, as Self Forcing samples by default).
+    context_noise: the timestep in [0, 1000] the cache-filling pass tells the model; the chunk
+      itself stays clean (Self Forcing's inference; 0 is its default).
     prefix: (B, C, P, H, W) clean latents of a video to continue; they fill the cache first.
     max_cache_frames: None sizes the cache for the whole video; a number makes it a rolling
       window of that many frames keeping `sink_frames` (default: one chunk) for ever.
@@ -121,10 +122,7 @@ def sample_video(
         return x - timestep_to_sigma(timestep) * flow.to(x.device)
 
     def fill_cache(clean: torch.Tensor, frame_offset: int, chunk: int) -> None:
-        x = clean
-        if context_noise > 0:
-            x = renoise(clean, context_noise, generators)
-        predict(x, context_noise, frame_offset, True, chunk)
+        predict(clean, context_noise, frame_offset, True, chunk)
 
     cache.reset()
     for start in range(0, prefix_frames, chunk_frames):

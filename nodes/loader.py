@@ -17,7 +17,7 @@ from . import host
 
 MODEL_TYPE = "ASD_MODEL"
 BUILTIN = "(built-in default)"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # asd_core.devices.DTYPES, kept literal: no import at startup
 
 _default_pipelines: dict[torch.dtype, object] = {}  # one built-in default per dtype per process
 
@@ -51,15 +51,10 @@ class AsdModel:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """'auto' = bfloat16 on a GPU that supports it, else float32 (CPU matmuls in bf16 are slow)."""
-    if name == "auto":
-        device = host.compute_device()
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {DTYPES}")
-    return getattr(torch, name)
+    """The dtype word of the loader's widget, for the device ComfyUI computes on."""
+    from ..asd_core.devices import resolve_dtype as resolve
+
+    return resolve(name, host.compute_device())
 
 
 def default_pipeline(dtype: torch.dtype = torch.float32):

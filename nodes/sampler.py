@@ -153,8 +153,8 @@ class ASDCausalSampler:
                 }),
                 "context_noise": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 1000.0, "step": 1.0,
-                    "tooltip": "Timestep at which each finished chunk is re-noised before it is cached "
-                               "(0 = clean, as Self Forcing samples).",
+                    "tooltip": "Timestep the model is told when a finished chunk is written to the KV cache; "
+                               "the chunk itself stays clean, as in Self Forcing's inference (0 = its default).",
                 }),
                 "window_frames": ("INT", {
                     "default": 0, "min": 0, "max": 4096,

@@ -89,7 +89,8 @@ def test_comfyui_causal_file_infers_config_and_chunk_size(tmp_path):
 def test_infer_config_recovers_every_shape_field():
     weights = random_state_dict(WAN_SHAPED)
     inferred = infer_config(weights)
-    assert inferred == dataclasses.replace(WAN_SHAPED, rope_max_seq_len=1024, chunk_frames=3)  # not in the weights
+    # Not in the weights: RoPE length and chunk size; text_len is Wan's umt5 padding for every foreign file.
+    assert inferred == dataclasses.replace(WAN_SHAPED, rope_max_seq_len=1024, chunk_frames=3, text_len=512)
     with pytest.raises(CheckpointError, match="width 64 is not a multiple of Wan's head size 128.*config="):
         infer_config(random_state_dict(CONFIG))
 
@@ -154,7 +155,8 @@ def test_load_model_dtype_and_attributes(tmp_path, weights):
     assert not model.training and model.trained_plan == "4" and model.checkpoint_layout == "diffusers"
     assert model.config == CONFIG
     for name, param in model.named_parameters():
-        keep = any(p in name for p in ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3", "norm_q", "norm_k"))
+        keep = any(p in name for p in ("time_embedder", "time_proj", "scale_shift_table", "norm1", "norm2", "norm3",
+                                       "norm_q", "norm_k"))
         assert param.dtype == (torch.float32 if keep else torch.bfloat16), name
         assert not param.requires_grad
         assert torch.equal(param.float(), weights[name].to(param.dtype).float()), name

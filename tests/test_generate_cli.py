@@ -199,8 +199,10 @@ def test_wan_sized_checkpoint_points_to_the_umt5_and_vae_flags(tmp_path, capsys)
     assert "4096-dim text embeddings" in err and "--text-encoder" in err and "--vae" in err
 
 
-def test_real_wan_branch_end_to_end_with_tiny_umt5_and_vae(tmp_path, capsys):
-    """--checkpoint + --text-encoder + --vae, the real-Wan path, on tiny random stand-ins."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_real_wan_branch_end_to_end_with_tiny_umt5_and_vae(tmp_path, capsys, dtype):
+    """--checkpoint + --text-encoder + --vae, the real-Wan path, on tiny random stand-ins; the float32
+    umt5 output feeds a transformer in every --dtype (the crash GPU users hit with bf16)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -223,7 +225,7 @@ def test_real_wan_branch_end_to_end_with_tiny_umt5_and_vae(tmp_path, capsys):
 
     out = tmp_path / "wan.webp"
     argv = ["--checkpoint", str(checkpoint), "--text-encoder", str(repo), "--vae", str(repo), "--prompt", "a cat",
-            "--frames", "9", "--width", "32", "--height", "16", "--out", str(out)]
+            "--frames", "9", "--width", "32", "--height", "16", "--dtype", dtype, "--out", str(out)]
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"wrote {out}: 9 frames 32x16, plan 2* (first chunk 4 steps, later 2), ")

@@ -183,3 +183,31 @@ def test_gradient_checkpointing_gives_same_gradients(model):
         model.zero_grad(set_to_none=True)
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b)
+
+
+def test_text_context_is_zero_padded_to_text_len_as_wan_does():
+    """A 12-token prompt in a text_len=16 model equals the same prompt padded by hand with zeros
+    (the padding tokens embed to the text MLP's bias and are attended to); text_len=None differs."""
+    torch.manual_seed(0)
+    padded_model = CausalWanTransformer(tiny_config(text_len=16)).eval()
+    plain_model = CausalWanTransformer(tiny_config()).eval()
+    plain_model.load_state_dict(padded_model.state_dict())
+    x = torch.randn(1, 16, 2, 4, 4)
+    context = torch.randn(1, 12, 32)
+    by_hand = torch.cat([context, torch.zeros(1, 4, 32)], dim=1)
+    with torch.no_grad():
+        padded = padded_model(x, 500.0, context)
+        assert torch.equal(padded, plain_model(x, 500.0, by_hand))
+        assert (padded - plain_model(x, 500.0, context)).abs().max() > 1e-3
+        longer = torch.cat([by_hand, torch.randn(1, 3, 32)], dim=1)  # cut where Wan's tokenizer cuts
+        assert torch.equal(padded_model(x, 500.0, longer), padded)
+
+
+def test_text_len_is_checked_and_wan_configs_pad_to_512():
+    assert wan21_t2v_1_3b().text_len == 512
+    for bad in (0, -3, 2.5, "512", True):
+        with pytest.raises(ValueError, match="text_len must be a positive number of tokens or None"):
+            tiny_config(text_len=bad)
+    model = CausalWanTransformer(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"text context of shape \(1, 5, 48\) does not fit this model.*32"):
+        model(torch.randn(1, 16, 2, 4, 4), 500.0, torch.randn(1, 5, 48))

@@ -27,7 +27,8 @@ def reference_sampler(model, plan, context, num_frames, seeds, negative=None, cf
     """No KV cache: every call runs the full block-causal pass over all earlier frames + the chunk.
 
     Noise is drawn per sample from its own generator in the sampler's documented order:
-    chunk noise, one draw per re-noise, one per cache-filling pass when context_noise > 0.
+    chunk noise, then one draw per re-noise. Earlier chunks are seen clean, labelled with the
+    timestep context_noise (Self Forcing's inference).
     """
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     chunk = model.config.chunk_frames
@@ -41,7 +42,7 @@ def reference_sampler(model, plan, context, num_frames, seeds, negative=None, cf
         with torch.no_grad():
             return model(frames, timesteps, text)[:, :, -chunk:]
 
-    history = [] if prefix is None else [prefix]  # what later chunks see (noised if context_noise)
+    history = [] if prefix is None else [prefix]  # what later chunks see: clean chunks
     history_t = [] if prefix is None else [torch.zeros(batch, prefix.shape[2])]
     outputs = []
     num_chunks = num_frames // chunk
@@ -60,11 +61,7 @@ def reference_sampler(model, plan, context, num_frames, seeds, negative=None, cf
                 s = timestep_to_sigma(steps[k + 1])
                 x = (1 - s) * x0 + s * noise()
         outputs.append(x0)
-        seen = x0
-        if context_noise > 0 and index + 1 < num_chunks:
-            s = timestep_to_sigma(context_noise)
-            seen = (1 - s) * x0 + s * noise()
-        history.append(seen)
+        history.append(x0)
         history_t.append(torch.full((batch, chunk), float(context_noise)))
     return torch.cat(outputs, dim=2)
 

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..defaults import TEACHER_CFG, TOY
+from ..devices import DTYPES
 from ..schedule import parse_plan
 
 EVAL_STREAM = 2_000_000  # caption stream of evaluation seed 0; far from training (11) and the FD reference
@@ -45,12 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=64, help="videos to generate and score (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the captions and the noise")
     p.add_argument("--batch", type=int, default=16, help="videos sampled at once (default %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="transformer dtype on the CPU (default %(default)s; bfloat16 / float16 score what GPU users get)")
     p.add_argument("--cfg-scale", type=float,
                    help="classifier-free guidance (default: the guidance the checkpoint records, asd.cfg; a teacher "
                         f"that records none: {TEACHER_CFG}, the shipped teacher's; students: 1 = off)")
     p.add_argument("--context-noise", type=float, default=0.0,
-                   help="timestep in [0, 1000] at which each finished chunk is re-noised before it is written to the "
-                        "KV cache (default 0: clean; match the distill run's context_noise)")
+                   help="timestep in [0, 1000] the model is told when a finished (clean) chunk is written to the KV "
+                        "cache, as Self Forcing's inference does (default 0)")
     p.add_argument("--text-encoder", help="toy text encoder file (default: text_encoder.safetensors beside the "
                                           "checkpoint, else the shipped one)")
     p.add_argument("--vae", help="toy VAE file (default: the shipped one)")
@@ -110,6 +113,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg, args.batch,
                                  context_noise=args.context_noise)
         label += f", cfg {cfg:g}" + (f", context noise {args.context_noise:g}" if args.context_noise else "")
+        label += f", {args.dtype}" if args.dtype != "float32" else ""
 
     result = evaluate_videos(videos, captions)
     if args.per_chunk:
@@ -136,11 +140,11 @@ def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list
                          f"domain's {latent[0]} latent frames: not a model of the toy domain")
     out = []
     with torch.no_grad():
-        negative = text_encoder.encode([""]).to(model.dtype) if cfg_scale != 1.0 else None
+        negative = text_encoder.encode([""]) if cfg_scale != 1.0 else None
         bar = tqdm(total=len(captions), desc=f"plan {plan.spec}", unit="video", file=sys.stderr, leave=False)
         for lo in range(0, len(captions), batch):
             texts, batch_seeds = captions[lo:lo + batch], seeds[lo:lo + batch]
-            context = text_encoder.encode(texts).to(model.dtype)
+            context = text_encoder.encode(texts)
             chunks = list(sample_video(model, plan=plan, context=context, num_frames=latent[0],
                                        latent_height=latent[1], latent_width=latent[2], seeds=batch_seeds,
                                        negative_context=negative, cfg_scale=cfg_scale,
@@ -199,7 +203,7 @@ def _load(args):
         text_file = Path(args.text_encoder) if args.text_encoder else default_file("text_encoder")
     if not text_file.is_file():
         raise FileNotFoundError(f"text encoder {text_file}: no such file (pass --text-encoder)")
-    model = load_model(file)
+    model = load_model(file, dtype=DTYPES[args.dtype])
     role = model.checkpoint_metadata.get("asd.role", "student")
     # The file's own guidance; teachers written before asd.cfg existed get the shipped teacher's.
     cfg = args.cfg_scale if args.cfg_scale is not None else recorded_guidance(

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..defaults import TOY
+from ..devices import DTYPES, resolve_device, resolve_dtype
 from ..schedule import StepPlan, parse_plan
 from ..vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
 from ..video_io import VIDEO_EXTENSIONS
@@ -33,7 +34,6 @@ from ..video_io import VIDEO_EXTENSIONS
 DEFAULT_PROMPT = "a red circle and a blue square"
 WAN_SIZES = {"frames": 81, "width": 832, "height": 480, "fps": 16}
 TOY_SIZES = {"frames": TOY.pixel_frames, "width": TOY.width, "height": TOY.height, "fps": TOY.fps}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help=f"pixels, multiple of 16 (default {TOY.height}; 480 for real Wan)")
     p.add_argument("--fps", type=float, help=f"frames per second of the file (default {TOY.fps}; 16 for real Wan)")
     p.add_argument("--context-noise", type=float, default=0.0,
-                   help="timestep (0-1000) at which finished chunks are re-noised for the cache pass (default 0)")
+                   help="timestep (0-1000) the model is told when a finished chunk fills the KV cache; the chunk stays "
+                        "clean, as in Self Forcing's inference (default 0)")
     p.add_argument("--cfg-scale", type=float,
                    help="classifier-free guidance against the empty prompt (default: the guidance the checkpoint "
                         "records, asd.cfg, e.g. a teacher's; else 1 = none, as distilled students sample)")
@@ -129,8 +130,8 @@ def generate(args: argparse.Namespace) -> str:
         getattr(model, "checkpoint_metadata", {}), label, default=1.0)
 
     with torch.no_grad():
-        context = text_encoder.encode([args.prompt]).to(device, model.dtype)  # (1, L, text_dim)
-        negative = text_encoder.encode([""]).to(device, model.dtype) if cfg != 1.0 else None
+        context = text_encoder.encode([args.prompt])  # (1, L, text_dim); the model casts it to its dtype
+        negative = text_encoder.encode([""]) if cfg != 1.0 else None
 
     start = time.perf_counter()
     pieces, bar = [], None
@@ -170,18 +171,12 @@ def describe_plan(plan: StepPlan) -> str:
 
 
 def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """`--device` / `--dtype` words (auto = cuda if available; float32 on the CPU, bfloat16 on a GPU), checked."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """`--device` / `--dtype` words, checked (the rule lives in `asd_core.devices`)."""
     try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available in this torch build / machine; use --device cpu")
-    if dtype == "auto":
-        return device, torch.float32 if device.type == "cpu" else torch.bfloat16
-    return device, DTYPES[dtype]
+        resolved = resolve_device(device)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
+    return resolved, resolve_dtype(dtype, resolved)
 
 
 def _load(args, device: torch.device, dtype: torch.dtype):
