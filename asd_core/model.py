@@ -248,11 +248,11 @@ class CausalWanTransformer(nn.Module):
         if num_frames % p_t or height % p_h or width % p_w:
             raise ValueError(f"latent shape {tuple(x.shape[2:])} is not divisible by the patch size {self.config.patch_size}")
         frames, tokens_per_frame = num_frames // p_t, (height // p_h) * (width // p_w)
-        frame_timesteps = self._frame_timesteps(timestep, batch, frames, x.device)  # (B, F)
+        frame_timesteps, uniform = self._frame_timesteps(timestep, batch, frames, x.device)  # (B, F)
 
         cos, sin = self.rope(x, frame_offset)
         hidden = rearrange(self.patch_embedding(x), "b d f h w -> b (f h w) d").contiguous()
-        temb, modulation, context = self._embed_conditions(frame_timesteps, context, tokens_per_frame)
+        temb, modulation, context = self._embed_conditions(frame_timesteps, uniform, context, tokens_per_frame)
 
         if kv_cache is None:
             mask = None
@@ -299,20 +299,29 @@ class CausalWanTransformer(nn.Module):
         return block(hidden, context, modulation, rotary)
 
     @staticmethod
-    def _frame_timesteps(timestep, batch: int, frames: int, device) -> torch.Tensor:
-        t = torch.as_tensor(timestep, device=device, dtype=torch.float32)
+    def _frame_timesteps(timestep, batch: int, frames: int, device) -> tuple[torch.Tensor, bool]:
+        """(B, F) float32 timesteps, and whether every frame of a sample shares one.
+
+        Uniformity is read from the argument's shape where it can be (a number or (B,) always
+        is), so a sampling call never waits on the device to compare values.
+        """
+        if isinstance(timestep, (int, float)):  # made on the device: no host-to-device copy per call
+            t = torch.full((), float(timestep), device=device)
+        else:
+            t = torch.as_tensor(timestep).to(device, torch.float32)
         if t.ndim == 0:
-            return t.expand(batch, frames)
+            return t.expand(batch, frames), True
         if t.ndim == 1 and t.shape[0] == batch:
-            return t[:, None].expand(batch, frames)
+            return t[:, None].expand(batch, frames), True
         if t.ndim == 2 and t.shape == (batch, frames):
-            return t
+            return t, bool((t == t[:, :1]).all())
         raise ValueError(
             f"timestep of shape {tuple(t.shape)} does not fit batch {batch} and {frames} frames; "
             "pass a scalar, (B,) or per-frame (B, F)"
         )
 
-    def _embed_conditions(self, frame_timesteps: torch.Tensor, context: torch.Tensor, tokens_per_frame: int):
+    def _embed_conditions(self, frame_timesteps: torch.Tensor, uniform: bool, context: torch.Tensor,
+                          tokens_per_frame: int):
         """Timestep and text embeddings; per-token modulation only when frames differ in t.
 
         A uniform timestep (every inference call) keeps the (B, 6, D) modulation that Wan
@@ -322,8 +331,7 @@ class CausalWanTransformer(nn.Module):
         """
         embedder = self.condition_embedder
         context = self._pad_context(context.to(self.device, embedder.text_embedder.linear_1.weight.dtype))
-        batch, frames = frame_timesteps.shape
-        uniform = bool((frame_timesteps == frame_timesteps[:, :1]).all())
+        frames = frame_timesteps.shape[1]
         timesteps = frame_timesteps[:, 0] if uniform else frame_timesteps.flatten()
         frequencies = embedder.timesteps_proj(timesteps)  # (N, freq_dim), float32
         temb = embedder.time_embedder(frequencies.to(embedder.time_embedder.linear_1.weight.dtype))

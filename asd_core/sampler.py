@@ -61,12 +61,14 @@ def sample_video(
     cfg_scale: float = 1.0,
     context_noise: float = 0.0,
     prefix: torch.Tensor | None = None,
+    chunk_frames: int | None = None,
     max_cache_frames: int | None = None,
     sink_frames: int | None = None,
+    cache: KVCache | None = None,
     callback: Callable[[SamplerProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield the clean latents (B, C, chunk_frames, H, W) of each chunk, in order.
+    """Yield the clean latents (B, C, chunk_frames, H, W) of each chunk, in order, float32 on the CPU.
 
     seeds: one per sample; each sample draws its noise from its own generator, so a
       sample's video depends on its seed only (same seed, same video, bitwise on CPU).
@@ -75,11 +77,18 @@ def sample_video(
     context_noise: the timestep in [0, 1000] the cache-filling pass tells the model; the chunk
       itself stays clean (Self Forcing's inference; 0 is its default).
     prefix: (B, C, P, H, W) clean latents of a video to continue; they fill the cache first.
+    chunk_frames: latent frames generated per chunk (default: the model's trained chunk; 1 =
+      frame-wise). The cached path needs no mask, so any size runs on the same weights.
     max_cache_frames: None sizes the cache for the whole video; a number makes it a rolling
       window of that many frames keeping `sink_frames` (default: one chunk) for ever.
+    cache: a KVCache to reuse between videos (`kv_cache_for_video` makes one); default: a new one.
+
+    Latents stay on the model's device while a chunk is denoised (noise is drawn on the CPU per
+    chunk and copied once), and each finished chunk moves to the CPU, so a long video's latents
+    never hold accelerator memory and no model call waits on the host.
     """
     config = model.config
-    chunk_frames = config.chunk_frames
+    chunk_frames = chunk_frames or config.chunk_frames
     check_video_shape(num_frames, chunk_frames, latent_height, latent_width, config.patch_size)
     batch = len(seeds)
     if batch < 1:
@@ -96,8 +105,16 @@ def sample_video(
             f"and latent size {latent_height}x{latent_width}"
         )
 
-    cache = _kv_cache_for(model, 2 * batch if guided else batch, prefix_frames + num_frames,
-                          latent_height, latent_width, max_cache_frames, sink_frames)
+    wanted = dict(batch=2 * batch if guided else batch, video_frames=prefix_frames + num_frames,
+                  latent_height=latent_height, latent_width=latent_width, max_cache_frames=max_cache_frames,
+                  sink_frames=sink_frames, chunk_frames=chunk_frames)
+    if cache is None:
+        cache = kv_cache_for_video(model, **wanted)
+    elif not cache_fits(cache, model, **wanted):
+        raise ValueError("the KV cache passed does not fit this request (batch, size, window or dtype differ); "
+                         "make one with kv_cache_for_video for it, or pass none")
+    device = model.device
+    contexts = contexts.to(device)
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     num_chunks = num_frames // chunk_frames
     prefix_calls = -(-prefix_frames // chunk_frames)
@@ -111,37 +128,40 @@ def sample_video(
             raise SamplingCancelled(f"cancelled after {calls} of {total_calls} model calls")
         model_in = torch.cat([x, x]) if guided else x
         with torch.no_grad():
-            flow = model(model_in.to(model.device, model.dtype), timestep, contexts,
-                         frame_offset=frame_offset, kv_cache=cache, update_cache=update_cache).float()
+            flow = model(model_in, timestep, contexts, frame_offset=frame_offset, kv_cache=cache,
+                         update_cache=update_cache).float()
         if guided:
             cond, uncond = flow.chunk(2)
             flow = uncond + cfg_scale * (cond - uncond)
         calls += 1
         if callback is not None:
             callback(SamplerProgress(calls, total_calls, chunk, num_chunks))
-        return x - timestep_to_sigma(timestep) * flow.to(x.device)
-
-    def fill_cache(clean: torch.Tensor, frame_offset: int, chunk: int) -> None:
-        predict(clean, context_noise, frame_offset, True, chunk)
+        return x - timestep_to_sigma(timestep) * flow
 
     cache.reset()
     for start in range(0, prefix_frames, chunk_frames):
-        piece = prefix[:, :, start : start + chunk_frames].float().cpu()
-        fill_cache(piece, start, -1)
+        piece = prefix[:, :, start : start + chunk_frames].to(device, torch.float32)
+        predict(piece, context_noise, start, True, -1)
 
+    shape = (batch, config.in_channels, chunk_frames, latent_height, latent_width)
     for chunk in range(num_chunks):
         offset = prefix_frames + chunk * chunk_frames
         timesteps = plan.timesteps_for_chunk(chunk)
-        x = draw_noise((batch, config.in_channels, chunk_frames, latent_height, latent_width), generators)
+        # Every draw of the chunk at once, in each generator's order (start noise, then one per
+        # re-noise): one host-to-device copy per chunk instead of one per step.
+        noises = draw_noises(shape, generators, len(timesteps)).to(device)  # (steps, B, C, f, H, W)
+        x = noises[0]
         for step, timestep in enumerate(timesteps):
             x0 = predict(x, timestep, offset, False, chunk)
             if step + 1 < len(timesteps):
-                x = renoise(x0, timesteps[step + 1], generators)
+                sigma = timestep_to_sigma(timesteps[step + 1])
+                x = (1 - sigma) * x0 + sigma * noises[step + 1]
         if chunk + 1 < num_chunks:
-            fill_cache(x0, offset, chunk)
+            predict(x0, context_noise, offset, True, chunk)  # the clean chunk fills the cache
+        finished = x0.cpu()
         if callback is not None:
-            callback(SamplerProgress(calls, total_calls, chunk, num_chunks, finished_chunk=x0))
-        yield x0
+            callback(SamplerProgress(calls, total_calls, chunk, num_chunks, finished_chunk=finished))
+        yield finished
 
 
 def generate_latents(model, **kwargs) -> torch.Tensor:
@@ -152,6 +172,11 @@ def generate_latents(model, **kwargs) -> torch.Tensor:
 def draw_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
     """Noise drawn on the CPU from each sample's own generator: device-independent, batch-independent."""
     return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+
+
+def draw_noises(shape: tuple[int, ...], generators: list[torch.Generator], count: int) -> torch.Tensor:
+    """`count` successive `draw_noise` results, stacked: (count, *shape), same values in the same order."""
+    return torch.stack([draw_noise(shape, generators) for _ in range(count)])
 
 
 def renoise(x0: torch.Tensor, timestep: float, generators: list[torch.Generator]) -> torch.Tensor:
@@ -172,22 +197,33 @@ def _batch_contexts(context: torch.Tensor, negative: torch.Tensor | None, batch:
     return torch.cat(parts)
 
 
-def _kv_cache_for(model, batch: int, video_frames: int, latent_height: int, latent_width: int,
-                  max_cache_frames: int | None, sink_frames: int | None) -> KVCache:
-    """Reuse the model's cache when shapes allow (no reallocation between videos), else make one."""
+def _cache_geometry(model, video_frames: int, max_cache_frames: int | None, sink_frames: int | None,
+                    chunk_frames: int | None) -> tuple[int, bool, int]:
+    """(capacity frames, rolling, sink frames) of the cache a video needs."""
     rolling = max_cache_frames is not None and max_cache_frames < video_frames
     capacity = max_cache_frames if rolling else video_frames
-    sink = (model.config.chunk_frames if sink_frames is None else sink_frames) if rolling else 0
-    cache = getattr(model, "_reusable_kv_cache", None)
+    sink = (chunk_frames or model.config.chunk_frames) if sink_frames is None else sink_frames
+    return capacity, rolling, sink if rolling else 0
+
+
+def kv_cache_for_video(model, *, batch: int, video_frames: int, latent_height: int, latent_width: int,
+                       max_cache_frames: int | None = None, sink_frames: int | None = None,
+                       chunk_frames: int | None = None) -> KVCache:
+    """A KV cache for one request to `sample_video`: whole video, or a rolling window with sinks.
+
+    Pass it back as `cache=` to sample more videos of that shape without reallocating; `batch`
+    counts both CFG halves (2 x seeds when guided).
+    """
+    capacity, rolling, sink = _cache_geometry(model, video_frames, max_cache_frames, sink_frames, chunk_frames)
+    return model.new_kv_cache(batch_size=batch, capacity_frames=capacity, latent_height=latent_height,
+                              latent_width=latent_width, rolling=rolling, sink_frames=sink)
+
+
+def cache_fits(cache: KVCache, model, *, batch: int, video_frames: int, latent_height: int, latent_width: int,
+               max_cache_frames: int | None = None, sink_frames: int | None = None,
+               chunk_frames: int | None = None) -> bool:
+    """True when `cache` is what `kv_cache_for_video` would make for these arguments."""
+    capacity, rolling, sink = _cache_geometry(model, video_frames, max_cache_frames, sink_frames, chunk_frames)
     tokens = model.config.tokens_per_frame(latent_height, latent_width)
-    if (
-        cache is None
-        or not cache.matches(batch_size=batch, tokens_per_frame=tokens, dtype=model.dtype, device=model.device)
-        or cache.capacity_frames != capacity
-        or cache.rolling != rolling
-        or cache.sink_frames != sink
-    ):
-        cache = model.new_kv_cache(batch_size=batch, capacity_frames=capacity, latent_height=latent_height,
-                                   latent_width=latent_width, rolling=rolling, sink_frames=sink)
-        model._reusable_kv_cache = cache
-    return cache
+    return (cache.matches(batch_size=batch, tokens_per_frame=tokens, dtype=model.dtype, device=model.device)
+            and (cache.capacity_frames, cache.rolling, cache.sink_frames) == (capacity, rolling, sink))

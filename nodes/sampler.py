@@ -7,7 +7,6 @@ moved to ComfyUI's compute device for the run and back to its offload device aft
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 
 import torch
@@ -66,18 +65,6 @@ def check_request(*, frames: int, width: int, height: int, chunk_frames: int, pa
 
 
 @contextmanager
-def chunk_size(model, chunk_frames: int):
-    """Run the model with another chunk size (frame-wise = 1) without touching the loaded config for good."""
-    original = model.config
-    if chunk_frames and chunk_frames != original.chunk_frames:
-        model.config = dataclasses.replace(original, chunk_frames=chunk_frames)
-    try:
-        yield model.config.chunk_frames
-    finally:
-        model.config = original
-
-
-@contextmanager
 def on_compute_device(model):
     """Move the model to ComfyUI's compute device for the run and back to its offload device after."""
     device, offload = host.compute_device(), host.offload_device()
@@ -90,7 +77,6 @@ def on_compute_device(model):
     finally:
         if moved or model.device != offload:
             model.to(offload)
-            model._reusable_kv_cache = None  # the sampler's cache lives on the compute device: let it go
             host.soft_empty_cache()
 
 
@@ -200,38 +186,38 @@ class ASDCausalSampler:
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, 2^64 - 1], got {seed}")
 
-        with chunk_size(net, chunk_frames) as chunk:
-            prefix_latents = None if prefix is None else self._prefix(prefix, batch_size, width, height, net)
-            prefix_frames = 0 if prefix_latents is None else prefix_latents.shape[2]
-            num_latent, latent_h, latent_w = check_request(
-                frames=frames, width=width, height=height, chunk_frames=chunk, patch_size=net.config.patch_size,
-                prefix_frames=prefix_frames, window_frames=window_frames, max_frames=net.config.rope_max_seq_len,
-            )
-            context = conditioning_tensor(positive, net.config.text_dim, "positive")
-            negative_context = None
-            if negative is not None and cfg != 1.0:
-                negative_context = conditioning_tensor(negative, net.config.text_dim, "negative")
-            normalised_prefix = None if prefix_latents is None else from_raw(prefix_latents)
+        chunk = chunk_frames or net.config.chunk_frames  # 1 = frame-wise; the cached path needs no mask
+        prefix_latents = None if prefix is None else self._prefix(prefix, batch_size, width, height, net)
+        prefix_frames = 0 if prefix_latents is None else prefix_latents.shape[2]
+        num_latent, latent_h, latent_w = check_request(
+            frames=frames, width=width, height=height, chunk_frames=chunk, patch_size=net.config.patch_size,
+            prefix_frames=prefix_frames, window_frames=window_frames, max_frames=net.config.rope_max_seq_len,
+        )
+        context = conditioning_tensor(positive, net.config.text_dim, "positive")
+        negative_context = None
+        if negative is not None and cfg != 1.0:
+            negative_context = conditioning_tensor(negative, net.config.text_dim, "negative")
+        normalised_prefix = None if prefix_latents is None else from_raw(prefix_latents)
 
-            seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
-            progress = None
-            previewer = ChunkPreviewer()
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
+        progress = None
+        previewer = ChunkPreviewer()
 
-            def on_progress(p):
-                nonlocal progress
-                if progress is None:
-                    progress = host.Progress(p.total_calls)
-                preview = previewer.image(p.finished_chunk) if p.finished_chunk is not None else None
-                progress.update(p.call, preview)
+        def on_progress(p):
+            nonlocal progress
+            if progress is None:
+                progress = host.Progress(p.total_calls)
+            preview = previewer.image(p.finished_chunk) if p.finished_chunk is not None else None
+            progress.update(p.call, preview)
 
-            with on_compute_device(net):
-                chunks = list(sample_video(
-                    net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
-                    latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,
-                    context_noise=context_noise, prefix=normalised_prefix,
-                    max_cache_frames=window_frames or None, callback=on_progress,
-                    should_cancel=_cancel_requested,
-                ))
+        with on_compute_device(net):
+            chunks = list(sample_video(
+                net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
+                latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,
+                context_noise=context_noise, prefix=normalised_prefix, chunk_frames=chunk,
+                max_cache_frames=window_frames or None, callback=on_progress,
+                should_cancel=_cancel_requested,
+            ))
         latents = torch.cat(chunks, dim=2)  # (B, C, F, H, W), normalised
         samples = to_raw(latents)
         if prefix_latents is not None and include_prefix:

@@ -151,3 +151,27 @@ def test_bad_inputs_are_rejected_before_any_model_call(model, context):
         run(model, context, prefix=torch.randn(2, 16, 2, 4, 4))
     with pytest.raises(ValueError, match="at least one seed"):
         run(model, context, seeds=())
+
+
+def test_a_passed_cache_is_reused_and_a_wrong_one_refused(model, context):
+    from asd_core.sampler import kv_cache_for_video
+
+    cache = kv_cache_for_video(model, batch=2, video_frames=6, latent_height=H, latent_width=W)
+    first = run(model, context, cache=cache)
+    storage = cache.keys.data_ptr()
+    assert torch.equal(run(model, context, cache=cache), first)  # reset between videos, no stale keys
+    assert cache.keys.data_ptr() == storage  # the same storage, not reallocated
+    assert torch.equal(run(model, context), first)
+    with pytest.raises(ValueError, match="KV cache passed does not fit this request"):
+        run(model, context, seeds=(1, 2, 3), cache=cache)
+
+
+def test_chunk_frames_argument_leaves_the_model_config_alone(model, context):
+    """Frame-wise sampling of a chunk-2 model is a call argument: the config is never swapped."""
+    config = model.config
+    got = run(model, context, "1", chunk_frames=1)
+    assert model.config is config and config.chunk_frames == 2
+    frame_wise = CausalWanTransformer(tiny_config(chunk_frames=1)).eval()
+    frame_wise.load_state_dict(model.state_dict())
+    expected = reference_sampler(frame_wise, parse_plan("1"), context, 6, [1, 2])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
