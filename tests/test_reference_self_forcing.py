@@ -5,7 +5,8 @@ research/reference/record_self_forcing.py, which ran the reference repository's 
 CausalWanModel and CausalInferencePipeline (guandeh17/Self-Forcing, commit in the files'
 metadata) on CPU in float32 at a tiny config with seeded random weights. Here the same weights
 go through our loader (the Self Forcing key layout) and our model and sampler get the same
-inputs and the same noise; outputs must agree to RELATIVE_TOLERANCE (max abs difference /
+inputs and the same noise (full cache with context_noise 0 and 100, and a rolling cache of 6
+frames with 0 or 3 sink frames); outputs must agree to RELATIVE_TOLERANCE (max abs difference /
 max abs of the reference). The negative checks show the comparison can fail: without the
 reference's 512-token text padding, or with a re-noised clean chunk for the cache fill.
 """
@@ -126,13 +127,13 @@ class RecordedNoise:
         return draw.clone()
 
 
-def sample_like_reference(model, tensors, context_noise, monkeypatch):
+def sample_like_reference(model, tensors, context_noise, monkeypatch, **kwargs):
     noise = RecordedNoise(tensors)
     monkeypatch.setattr(sampler_module, "draw_noise", noise)
     _, _, frames, height, width = to_ours(tensors["noise"]).shape
     video = generate_latents(
         model, plan=parse_plan("4"), context=tensors["context"], num_frames=frames, latent_height=height,
-        latent_width=width, seeds=list(range(tensors["noise"].shape[0])), context_noise=context_noise,
+        latent_width=width, seeds=list(range(tensors["noise"].shape[0])), context_noise=context_noise, **kwargs,
     )
     assert not noise.pending, f"{len(noise.pending)} recorded noise draws were not used"
     return video
@@ -165,6 +166,22 @@ def test_video_matches_reference(recorded, model, context_noise, monkeypatch, on
     assert len(calls) == len(reference_calls)
     for (t, offset), (ref_t, ref_offset) in zip(calls, reference_calls.tolist()):
         assert offset == ref_offset and t == pytest.approx(ref_t, rel=1e-6)
+
+
+@pytest.mark.parametrize("sink_frames", [0, 3])
+def test_rolling_cache_matches_reference(recorded, model, sink_frames, monkeypatch, one_torch_thread):
+    """The reference's rolling cache (local_attn_size=6 frames, sink_size 0 or 3) is our
+    max_cache_frames=6 with sink_frames: the last chunk is generated after 3 frames are evicted."""
+    tensors, metadata = recorded
+    rolling = json.loads(metadata["rolling"])
+    video = sample_like_reference(model, tensors, rolling["context_noise"], monkeypatch,
+                                  max_cache_frames=rolling["local_attn_size"], sink_frames=sink_frames)
+    window = rolling["local_attn_size"]
+    full_cache = to_ours(tensors["video_context_noise_0"])
+    assert relative_difference(video[:, :, :window], full_cache[:, :, :window]) < RELATIVE_TOLERANCE
+    reference = to_ours(tensors[f"rolling_sink_{sink_frames}_last_chunk"])
+    assert relative_difference(video[:, :, window:], reference) < RELATIVE_TOLERANCE
+    assert relative_difference(full_cache[:, :, window:], reference) > CLEARLY_DIFFERENT  # eviction matters here
 
 
 def test_video_with_renoised_cache_fill_differs(recorded, model, monkeypatch, one_torch_thread):

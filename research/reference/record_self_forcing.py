@@ -22,6 +22,10 @@ What it does
   tensor as the reference's model takes them), 3 chunks of 3 latent frames of 16x8x8, the
   4-step list [1000, 750, 500, 250] warped as the pipeline does (warp_denoising_step), once with
   context_noise=0 and once with context_noise=100;
+* runs the same pipeline with a rolling cache: the same weights in a model built with
+  local_attn_size=6 frames and sink_size 0 or 3 (the pipeline then sizes its cache 6 frames),
+  context_noise 0; the last chunk is generated after 3 frames were evicted (only that chunk is
+  stored: the first 6 frames equal the full-cache video, which the script checks);
 * runs one forward of the reference model alone (its KV-cache inference path, an empty cache,
   the first chunk at t=937.5) on the same contexts;
 * writes tests/data/reference/self_forcing_weights.safetensors (the wrapper's state dict,
@@ -94,6 +98,8 @@ TIMESTEP_SHIFT = 5.0
 CONTEXT_NOISES = (0, 100)
 KV_CACHE_TOKENS = 32760  # the pipeline's size for global attention (local_attn_size == -1)
 CROSS_CACHE_TOKENS = 512
+ROLLING_FRAMES = 6  # local_attn_size of the rolling-cache runs: the last chunk evicts 3 frames
+ROLLING_SINK_SIZES = (0, 3)  # sink frames kept by the rolling cache (the reference's default is 0)
 FORWARD_TIMESTEP_INDEX = 1  # the single forward runs at denoising_step_list[1] (937.5 after the warp)
 
 
@@ -203,42 +209,42 @@ def main() -> None:
         def decode_to_pixel(self, latent, use_cache=False):
             return latent
 
-    config = types.SimpleNamespace(
-        denoising_step_list=DENOISING_STEP_LIST, warp_denoising_step=True, num_frame_per_block=CHUNK_FRAMES,
-        independent_first_frame=False, context_noise=0,
-    )
-    pipe = pipeline_module.CausalInferencePipeline(config, device="cpu", generator=generator,
-                                                   text_encoder=TextEncoderStandIn(), vae=VAEStandIn())
-
-    # --- patch 5: caches with the tiny model's shapes ---
+    tokens_per_frame = (height // 2) * (width // 2)
     heads, head_dim = TINY["num_heads"], TINY["dim"] // TINY["num_heads"]
-    pipe.num_transformer_blocks = TINY["num_layers"]
-    pipe.frame_seq_length = (height // 2) * (width // 2)
-    pipe.kv_cache1 = [
-        {"k": torch.zeros(BATCH, KV_CACHE_TOKENS, heads, head_dim), "v": torch.zeros(BATCH, KV_CACHE_TOKENS, heads, head_dim),
-         "global_end_index": torch.tensor([0]), "local_end_index": torch.tensor([0])}
-        for _ in range(TINY["num_layers"])
-    ]
-    pipe.crossattn_cache = [
-        {"k": torch.zeros(BATCH, CROSS_CACHE_TOKENS, heads, head_dim),
-         "v": torch.zeros(BATCH, CROSS_CACHE_TOKENS, heads, head_dim), "is_init": False}
-        for _ in range(TINY["num_layers"])
-    ]
 
-    # --- record what every model call sees (timesteps, frame offset, clean-or-noisy) ---
-    calls = []
-    wrapped_forward = generator.forward
+    def make_pipeline(generator, local_attn_size):
+        config = types.SimpleNamespace(
+            denoising_step_list=DENOISING_STEP_LIST, warp_denoising_step=True, num_frame_per_block=CHUNK_FRAMES,
+            independent_first_frame=False, context_noise=0,
+        )
+        pipe = pipeline_module.CausalInferencePipeline(config, device="cpu", generator=generator,
+                                                       text_encoder=TextEncoderStandIn(), vae=VAEStandIn())
+        # patch 5: caches with the tiny model's shapes, sized as the pipeline's _initialize_kv_cache
+        cache_tokens = KV_CACHE_TOKENS if local_attn_size == -1 else local_attn_size * tokens_per_frame
+        pipe.num_transformer_blocks = TINY["num_layers"]
+        pipe.frame_seq_length = tokens_per_frame
+        pipe.kv_cache1 = [
+            {"k": torch.zeros(BATCH, cache_tokens, heads, head_dim), "v": torch.zeros(BATCH, cache_tokens, heads, head_dim),
+             "global_end_index": torch.tensor([0]), "local_end_index": torch.tensor([0])}
+            for _ in range(TINY["num_layers"])
+        ]
+        pipe.crossattn_cache = [
+            {"k": torch.zeros(BATCH, CROSS_CACHE_TOKENS, heads, head_dim),
+             "v": torch.zeros(BATCH, CROSS_CACHE_TOKENS, heads, head_dim), "is_init": False}
+            for _ in range(TINY["num_layers"])
+        ]
+        return pipe
 
-    def logging_forward(*a, **kw):
-        calls.append((float(kw["timestep"].flatten()[0]), int(kw["current_start"]) // pipe.frame_seq_length,
-                      str(kw["timestep"].dtype)))
-        return wrapped_forward(*a, **kw)
+    def run_video(pipe, context_noise):
+        """The pipeline's inference on the recorded noise; returns (latents, calls)."""
+        calls = []  # (timestep, first frame, timestep dtype) of every model call, in order
+        wrapped_forward = pipe.generator.forward
 
-    generator.forward = logging_forward
+        def logging_forward(*a, **kw):
+            calls.append((float(kw["timestep"].flatten()[0]), int(kw["current_start"]) // tokens_per_frame,
+                          str(kw["timestep"].dtype)))
+            return wrapped_forward(*a, **kw)
 
-    real_randn_like = torch.randn_like
-    videos, call_logs = {}, {}
-    for context_noise in CONTEXT_NOISES:
         pending = list(renoise.flatten(1, 2).unbind(0))  # each draw: [B*F, C, H, W] as the pipeline asks
 
         def recorded_randn_like(tensor, *a, **kw):  # patch 6
@@ -248,19 +254,25 @@ def main() -> None:
             return draw.to(tensor.dtype).clone()
 
         pipe.args.context_noise = context_noise
-        calls.clear()
+        pipe.generator.forward = logging_forward
+        real_randn_like = torch.randn_like
         torch.randn_like = recorded_randn_like
         try:
             _, latents = pipe.inference(noise=noise.clone(), text_prompts=["(recorded contexts)"] * BATCH,
                                         return_latents=True)
         finally:
             torch.randn_like = real_randn_like
+            del pipe.generator.forward
         if pending:
             raise RuntimeError(f"{len(pending)} recorded noise draws were not consumed")
-        videos[context_noise] = latents.clone()
-        call_logs[context_noise] = list(calls)
-        print(f"context_noise={context_noise}: latents {tuple(latents.shape)}, max |x| {latents.abs().max():.4f}, "
-              f"{len(calls)} model calls")
+        print(f"context_noise={context_noise}, local_attn_size={pipe.local_attn_size}: latents {tuple(latents.shape)}, "
+              f"max |x| {latents.abs().max():.4f}, {len(calls)} model calls")
+        return latents.clone(), calls
+
+    pipe = make_pipeline(generator, -1)
+    videos, call_logs = {}, {}
+    for context_noise in CONTEXT_NOISES:
+        videos[context_noise], call_logs[context_noise] = run_video(pipe, context_noise)
 
     # --- one forward of the model alone (KV-cache path, empty cache, first chunk) ---
     forward_t = float(pipe.denoising_step_list[FORWARD_TIMESTEP_INDEX])
@@ -270,9 +282,22 @@ def main() -> None:
         pipe.kv_cache1[block_index]["local_end_index"].zero_()
         pipe.crossattn_cache[block_index]["is_init"] = False
     timestep = torch.full((BATCH, CHUNK_FRAMES), forward_t)
-    forward_flow, _ = wrapped_forward(noisy_image_or_video=forward_x, conditional_dict={"prompt_embeds": contexts},
+    forward_flow, _ = generator(noisy_image_or_video=forward_x, conditional_dict={"prompt_embeds": contexts},
                                       timestep=timestep, kv_cache=pipe.kv_cache1, crossattn_cache=pipe.crossattn_cache,
                                       current_start=0)
+
+    # --- a rolling cache: the same weights built with local_attn_size / sink_size ---
+    rolling_videos = {}
+    for sink in ROLLING_SINK_SIZES:
+        rolling_model = causal_module.CausalWanModel(**{**TINY, "local_attn_size": ROLLING_FRAMES, "sink_size": sink})
+        rolling_model.load_state_dict(model.state_dict())
+        causal_module.CausalWanModel.from_pretrained = classmethod(lambda cls, *a, **kw: rolling_model.eval())
+        rolling = wrapper_module.WanDiffusionWrapper(timestep_shift=TIMESTEP_SHIFT, is_causal=True,
+                                                     local_attn_size=ROLLING_FRAMES, sink_size=sink)
+        latents, _ = run_video(make_pipeline(rolling, ROLLING_FRAMES), 0)
+        if not torch.equal(latents[:, :ROLLING_FRAMES], videos[0][:, :ROLLING_FRAMES]):
+            raise RuntimeError("the rolling cache changed frames generated before it filled up")
+        rolling_videos[sink] = latents[:, ROLLING_FRAMES:]
 
     # --- write ---
     args.out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +331,9 @@ def main() -> None:
     for context_noise in CONTEXT_NOISES:
         tensors[f"video_context_noise_{context_noise}"] = videos[context_noise].contiguous()
         tensors[f"calls_context_noise_{context_noise}"] = torch.tensor([[t, f] for t, f, _ in call_logs[context_noise]])
+    for sink in ROLLING_SINK_SIZES:
+        # frames 0-5 equal video_context_noise_0 (checked above): only the frames after the eviction
+        tensors[f"rolling_sink_{sink}_last_chunk"] = rolling_videos[sink].contiguous()
     io_metadata = dict(metadata)
     io_metadata.update({
         "weight_seed": str(WEIGHT_SEED),
@@ -313,6 +341,8 @@ def main() -> None:
         "timestep_shift": str(TIMESTEP_SHIFT),
         "denoising_step_list_before_warp": json.dumps(DENOISING_STEP_LIST),
         "context_noises": json.dumps(list(CONTEXT_NOISES)),
+        "rolling": json.dumps({"local_attn_size": ROLLING_FRAMES, "sink_sizes": list(ROLLING_SINK_SIZES),
+                               "context_noise": 0}),
         "timestep_dtypes_seen": json.dumps(sorted({d for log in call_logs.values() for _, _, d in log})),
         "notes": "calls_*: (timestep, first frame) of every model call the pipeline made, in order; the "
                  "pipeline also fills the cache after the last chunk (a call that changes no output)",
