@@ -14,6 +14,8 @@ Both paths run the same weights; `tests/test_model.py` checks they agree.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,14 +26,15 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 from einops import rearrange
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from .config import CausalWanConfig
 from .kv_cache import KVCache
 
-# Parameters kept in float32 whatever the model dtype: bf16 parity with upstream Wan /
-# Self Forcing needs fp32 norms, modulation tables and the timestep MLP and projection (Wan
-# computes the modulation under a float32 autocast).
+# Parameters kept in float32 whatever the model dtype: upstream Wan computes norms and the
+# timestep MLP / modulation in float32 (under a float32 autocast). Self Forcing's inference runs
+# them in bf16; in bf16 either choice lands within 1% of float32.
 FP32_PARAMETER_PATTERNS = ("time_embedder", "time_proj", "scale_shift_table", "norm1", "norm2", "norm3", "norm_q",
                            "norm_k")
 
@@ -100,7 +103,8 @@ class AttentionRouting:
     """
 
     def __init__(self):
-        self.mask: torch.Tensor | None = None  # (S, S) bool, True = may attend
+        # Dense (S, S) bool (True = may attend) or flex attention's block-sparse BlockMask.
+        self.mask: torch.Tensor | BlockMask | None = None
         self.cache: KVCache | None = None
 
 
@@ -127,12 +131,11 @@ class CausalSelfAttention:
             key, value = self.routing.cache.update(self.layer_index, key, value)
             mask = None  # the cache holds only earlier chunks plus this one: all visible
 
-        out = F.scaled_dot_product_attention(
-            rearrange(query, "b s h d -> b h s d"),
-            rearrange(key, "b s h d -> b h s d"),
-            rearrange(value, "b s h d -> b h s d"),
-            attn_mask=mask,
-        )
+        query, key, value = (rearrange(t, "b s h d -> b h s d") for t in (query, key, value))
+        if isinstance(mask, BlockMask):
+            out = flex_attention_kernel(query.device)(query, key, value, block_mask=mask)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         out = rearrange(out, "b h s d -> b s (h d)").type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -162,9 +165,48 @@ def _qk_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def block_causal_mask(num_frames: int, tokens_per_frame: int, chunk_frames: int, frame_offset: int, device) -> torch.Tensor:
     """(S, S) bool mask: a token sees tokens of its own chunk and of all earlier chunks."""
-    chunk_of_frame = (torch.arange(num_frames, device=device) + frame_offset) // chunk_frames
-    chunk_of_token = chunk_of_frame.repeat_interleave(tokens_per_frame)  # (S,)
+    chunk_of_token = _chunk_of_token(num_frames, tokens_per_frame, chunk_frames, frame_offset, device)  # (S,)
     return chunk_of_token[:, None] >= chunk_of_token[None, :]
+
+
+@lru_cache(maxsize=16)  # one per training shape: building it costs a pass over every tile
+def block_causal_block_mask(num_frames: int, tokens_per_frame: int, chunk_frames: int, frame_offset: int,
+                            device) -> BlockMask:
+    """The same rule as `block_causal_mask`, block-sparse for flex attention.
+
+    At real size (21 frames x 1560 tokens) the dense mask is about 1 GB per forward and keeps
+    SDPA off its fast kernels; the block mask stores one entry per 128x128 tile and lets the
+    kernel skip every tile above the chunk diagonal.
+    """
+    chunk_of_token = _chunk_of_token(num_frames, tokens_per_frame, chunk_frames, frame_offset, device)
+
+    def sees(batch, head, query_index, key_index):
+        return chunk_of_token[query_index] >= chunk_of_token[key_index]
+
+    length = chunk_of_token.shape[0]
+    return create_block_mask(sees, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device)
+
+
+def _chunk_of_token(num_frames: int, tokens_per_frame: int, chunk_frames: int, frame_offset: int, device):
+    chunk_of_frame = (torch.arange(num_frames, device=device) + frame_offset) // chunk_frames
+    return chunk_of_frame.repeat_interleave(tokens_per_frame)  # (S,)
+
+
+_compiled_flex_attention = None
+
+
+def flex_attention_kernel(device: torch.device):
+    """flex_attention compiled on CUDA (its fused kernel exists only compiled); eager elsewhere.
+
+    Eager flex attention is a reference implementation that materialises the scores: right for
+    the CPU tests, which check it against the dense path, not for speed.
+    """
+    global _compiled_flex_attention
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex_attention is None:
+        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex_attention
 
 
 class CausalWanTransformer(nn.Module):
@@ -194,6 +236,9 @@ class CausalWanTransformer(nn.Module):
             block.attn1.set_processor(CausalSelfAttention(index, self.routing))
             block.attn2.set_processor(TextCrossAttention())
         self.gradient_checkpointing = False
+        # The block-causal full-sequence pass (training): "flex" (block-sparse), "dense" (an (S, S)
+        # mask to SDPA) or "auto" = flex on CUDA, dense elsewhere. Cached sampling needs no mask.
+        self.attention_backend = "auto"
         self.trained_plan: str | None = None  # set by the checkpoint loader
         self.checkpoint_layout: str | None = None
 
@@ -257,7 +302,8 @@ class CausalWanTransformer(nn.Module):
         if kv_cache is None:
             mask = None
             if self.config.chunk_frames < frames or frame_offset % self.config.chunk_frames:
-                mask = block_causal_mask(frames, tokens_per_frame, self.config.chunk_frames, frame_offset, x.device)
+                build = block_causal_block_mask if self._use_flex(x.device) else block_causal_mask
+                mask = build(frames, tokens_per_frame, self.config.chunk_frames, frame_offset, x.device)
             self.routing.mask, self.routing.cache = mask, None
         else:
             kv_cache.begin(frames, commit=update_cache)
@@ -292,6 +338,15 @@ class CausalWanTransformer(nn.Module):
         if return_features:
             return out, features
         return out
+
+    def _use_flex(self, device: torch.device) -> bool:
+        if self.attention_backend not in ("auto", "flex", "dense"):
+            raise ValueError(f"attention_backend must be auto, flex or dense, got {self.attention_backend!r}")
+        use = self.attention_backend == "flex" or (self.attention_backend == "auto" and device.type == "cuda")
+        if use and device.type == "cpu" and torch.is_grad_enabled():
+            raise ValueError("flex attention has no CPU backward in torch; set model.attention_backend='dense' "
+                             "(or 'auto') to train on the CPU")
+        return use
 
     def _run_block(self, block, hidden, context, modulation, rotary, mask):
         """One block with its mask re-installed: activation checkpointing replays it in backward."""

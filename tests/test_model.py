@@ -14,6 +14,10 @@ from asd_core.config import tiny_config, wan21_t2v_1_3b
 from asd_core.model import CausalWanTransformer
 
 
+# Eager flex attention (the CPU reference implementation) warns that it is unfused: known here.
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
@@ -52,8 +56,16 @@ def test_real_wan_1_3b_config_builds_on_meta_with_diffusers_keys():
     assert config.tokens_per_frame(60, 104) == 1560
 
 
+@pytest.fixture(params=["dense", "flex"])
+def backend(request, model):
+    """The full block-causal pass with either mask: dense SDPA, or flex attention's block mask."""
+    model.attention_backend = request.param
+    yield request.param
+    model.attention_backend = "auto"
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_kv_cached_chunks_equal_full_block_causal_pass(model, seed):
+def test_kv_cached_chunks_equal_full_block_causal_pass(model, seed, backend):
     generator = torch.Generator().manual_seed(seed)
     batch, frames, chunk = 2, 6, model.config.chunk_frames
     x = torch.randn(batch, 16, frames, 8, 8, generator=generator)
@@ -211,3 +223,34 @@ def test_text_len_is_checked_and_wan_configs_pad_to_512():
     model = CausalWanTransformer(tiny_config()).eval()
     with pytest.raises(ValueError, match=r"text context of shape \(1, 5, 48\) does not fit this model.*32"):
         model(torch.randn(1, 16, 2, 4, 4), 500.0, torch.randn(1, 5, 48))
+
+
+def test_flex_block_mask_gives_the_dense_masks_outputs(model):
+    """Training's block-sparse attention against the dense (S, S) mask. Flex attention has no
+    backward on the CPU (torch raises), so gradients are compared on CUDA only; `auto` keeps
+    CPU training dense and a CPU flex request with gradients is a clear error."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from asd_core.model import block_causal_block_mask, block_causal_mask
+
+    dense = block_causal_mask(6, 16, 2, 0, "cpu")
+    sparse = block_causal_block_mask(6, 16, 2, 0, torch.device("cpu"))
+    assert torch.equal(create_mask(sparse.mask_mod, None, None, 96, 96, "cpu").squeeze(), dense)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 16, 6, 8, 8, generator=generator)
+    context = torch.randn(1, 5, model.config.text_dim, generator=generator)
+    t = torch.rand(1, 6, generator=generator) * 1000
+    outputs = {}
+    for name in ("dense", "flex"):
+        model.attention_backend = name
+        with torch.no_grad():
+            outputs[name] = model(x, t, context)
+    try:
+        assert relative_error(outputs["flex"], outputs["dense"]) < 1e-5
+        with pytest.raises(ValueError, match="no CPU backward.*attention_backend='dense'"):
+            model(x.requires_grad_(), t, context)
+        model.attention_backend = "fast"
+        with pytest.raises(ValueError, match="attention_backend must be auto, flex or dense"), torch.no_grad():
+            model(x, t, context)
+    finally:
+        model.attention_backend = "auto"
