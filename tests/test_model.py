@@ -13,7 +13,6 @@ from diffusers import WanTransformer3DModel
 from asd_core.config import tiny_config, wan21_t2v_1_3b
 from asd_core.model import CausalWanTransformer
 
-
 # Eager flex attention (the CPU reference implementation) warns that it is unfused: known here.
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
 

@@ -291,7 +291,7 @@ def main() -> None:
     for sink in ROLLING_SINK_SIZES:
         rolling_model = causal_module.CausalWanModel(**{**TINY, "local_attn_size": ROLLING_FRAMES, "sink_size": sink})
         rolling_model.load_state_dict(model.state_dict())
-        causal_module.CausalWanModel.from_pretrained = classmethod(lambda cls, *a, **kw: rolling_model.eval())
+        causal_module.CausalWanModel.from_pretrained = classmethod(lambda cls, *a, _model=rolling_model, **kw: _model.eval())
         rolling = wrapper_module.WanDiffusionWrapper(timestep_shift=TIMESTEP_SHIFT, is_causal=True,
                                                      local_attn_size=ROLLING_FRAMES, sink_size=sink)
         latents, _ = run_video(make_pipeline(rolling, ROLLING_FRAMES), 0)
