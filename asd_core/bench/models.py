@@ -2,7 +2,7 @@
 
 The speed of a transformer does not depend on its weights' values, so the real-size benchmark
 needs no 1.3B download. It must however hold the weights as `load_model` does (model dtype,
-float32 for `FP32_PARAMETER_PATTERNS`), or it would time different kernels. The model is built
+float32 for `FP32_PARAMETER_PATTERNS`: `cast_for_inference`), or it would time different kernels. The model is built
 on the meta device and materialised directly on the target device in its final dtypes: no
 float32 copy, no CPU copy, and no 19 s of random init at 1.3B on a CPU.
 """
@@ -14,7 +14,7 @@ import dataclasses
 import torch
 
 from ..config import CausalWanConfig
-from ..model import FP32_PARAMETER_PATTERNS, CausalWanTransformer, OffsetRotaryEmbedding
+from ..model import CausalWanTransformer, OffsetRotaryEmbedding, cast_for_inference
 
 
 def _fresh_rope(config: CausalWanConfig, device) -> OffsetRotaryEmbedding:
@@ -31,10 +31,7 @@ def random_model(config: CausalWanConfig, *, device="cpu", dtype: torch.dtype = 
     ones for norm gains, zeros for biases; drawn on the device from `seed`.
     """
     with torch.device("meta"):
-        model = CausalWanTransformer(config)
-    for name, param in model.named_parameters():
-        keep_fp32 = any(pattern in name for pattern in FP32_PARAMETER_PATTERNS)
-        param.data = param.data.to(torch.float32 if keep_fp32 else dtype)  # free on meta
+        model = cast_for_inference(CausalWanTransformer(config), dtype)  # free on meta
     model.to_empty(device=device)
     model.rope = _fresh_rope(config, device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -64,9 +61,10 @@ def bidirectional_view(model: CausalWanTransformer, frames: int) -> CausalWanTra
 def compile_blocks(model: CausalWanTransformer, **options) -> CausalWanTransformer:
     """`torch.compile` each transformer block in place (regional compilation).
 
-    Why blocks, not the whole model: the 30 blocks share one compiled graph (parameters are
-    graph inputs), the KV-cache bookkeeping and the host-side step logic stay eager, and the
-    model object keeps its attributes for the sampler. Returns the same model.
+    Why blocks, not the whole model: identical blocks can reuse compiled code (parameters are
+    graph inputs), the model's host-side logic (timestep checks, cache bookkeeping between
+    blocks) stays eager, and the model object keeps its attributes for the sampler. Returns
+    the same model.
     """
     for block in model.blocks:
         block.compile(**options)

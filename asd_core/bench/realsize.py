@@ -185,9 +185,8 @@ def run_real_size(s: RealSizeSettings) -> dict:
     if s.compile:
         compile_blocks(model)
     generator = torch.Generator(device=s.device).manual_seed(s.seed + 1)
-    # Built in the model's dtype: a float32 context against bf16 weights fails until the model
-    # casts its inputs itself (issue 21 item 1).
-    context = torch.randn(1, s.text_tokens, c.text_dim, generator=generator, device=s.device, dtype=s.dtype)
+    # float32, as ComfyUI's text encoder hands it over: the model casts it at its boundary.
+    context = torch.randn(1, s.text_tokens, c.text_dim, generator=generator, device=s.device)
 
     window = s.window_chunks * c.chunk_frames
     plans = time_plans(model, context, s, {plan: (plan, None) for plan in PLANS})
@@ -202,7 +201,8 @@ def run_real_size(s: RealSizeSettings) -> dict:
         "video": {"pixel_frames": v.pixel_frames, "width": v.width, "height": v.height,
                   "latent_frames": v.latent_frames, "latent_height": v.latent_height, "latent_width": v.latent_width,
                   "tokens_per_frame": c.tokens_per_frame(v.latent_height, v.latent_width),
-                  "chunks": v.latent_frames // c.chunk_frames, "text_tokens": s.text_tokens, "batch": 1},
+                  "chunks": v.latent_frames // c.chunk_frames, "text_tokens": s.text_tokens,
+                  "text_tokens_padded_to": c.text_len, "batch": 1},
         **device_facts(s.device),
         "dtype": str(s.dtype).removeprefix("torch."),
         "compile": s.compile,

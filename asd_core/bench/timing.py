@@ -62,4 +62,6 @@ def device_facts(device: str) -> dict:
     if device.startswith("cuda"):
         facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
         facts["cuda"] = torch.version.cuda
+        facts["sdpa_enabled"] = {"flash": torch.backends.cuda.flash_sdp_enabled(),
+                                 "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled()}
     return facts
