@@ -248,6 +248,13 @@ def test_inspect_reports_kv_cache_bytes(tmp_path, capsys):
     assert "21x60x104" in capsys.readouterr().err
 
 
+def test_inspect_takes_a_wan_sized_config_to_be_trained_at_81_frames_of_832x480():
+    from asd_core.cli.inspect import _trained_video
+
+    video, source = _trained_video(wan21_t2v_1_3b())
+    assert video == REAL_VIDEO and "records no size" in source
+
+
 def test_inspect_tells_the_shipped_students_trained_size(capsys):
     from asd_core.defaults import default_file
 
