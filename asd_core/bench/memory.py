@@ -72,12 +72,10 @@ def probe_memory(settings: Settings, num_chunks: int, window_frames: int | None)
     """Peak memory that sampling one video adds, in this process (meant to be a fresh one).
 
     A one-chunk warm-up first pages in the kernels' code and starts the thread pools, so the
-    figure is the video's own memory (cache + activations), not one-off start-up costs; its
-    cache is dropped before measuring.
+    figure is the video's own memory (cache + activations), not one-off start-up costs.
     """
     model, context = build(settings)
-    _stream(model, context, settings, 1, None)
-    model._reusable_kv_cache = None  # the sampler keeps its cache on the model between videos
+    _stream(model, context, settings, 1, None)  # its cache lives and dies in the call
     gc.collect()
     if settings.device.startswith("cuda"):
         synchronize(settings.device)

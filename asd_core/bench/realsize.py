@@ -9,7 +9,7 @@ their values. `quick` runs the same code at a reduced size, which the tests use 
 CUDA timing: one untimed warm-up video per plan first (kernel selection, allocator, and
 compilation under `compile`); every timed region is bracketed by `torch.cuda.synchronize`;
 the benchmark itself adds no sync per model call (only the one after the first chunk, which
-the latency needs).
+the latency needs), and the sampler makes none either (one per chunk, moving it to the CPU).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 
 from ..budget import REAL_VIDEO, VideoSize, memory_budget
 from ..config import CausalWanConfig, wan21_t2v_1_3b
-from ..sampler import sample_video
+from ..kv_cache import KVCache
+from ..sampler import kv_cache_for_video, sample_video
 from ..schedule import parse_plan
 from .models import bidirectional_view, compile_blocks, random_model
 from .timing import check_device, device_facts, synchronize, timed
@@ -79,25 +80,27 @@ def _peak(device: str) -> int | None:
     return torch.cuda.max_memory_allocated(torch.device(device)) if device.startswith("cuda") else None
 
 
-def _drop_cache(model) -> None:
-    """Free the whole-video KV cache the sampler keeps on the model between videos, so the next
-    run's peak is its own."""
-    model._reusable_kv_cache = None
+def _free_memory(device: str) -> None:
+    """Return freed blocks (an earlier run's KV cache) to the device, so the next peak is its own."""
     gc.collect()
-    if str(model.device).startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
 
-def time_video(model, plan: str, context: torch.Tensor, s: RealSizeSettings,
+def time_video(model, plan: str, context: torch.Tensor, s: RealSizeSettings, cache: KVCache,
                window_frames: int | None = None) -> dict:
-    """Seconds for the whole video and until its first chunk, and the peak memory, of one video."""
+    """Seconds for the whole video and until its first chunk, and the peak memory, of one video.
+
+    `cache` is allocated once per run and passed in, as a caller sampling several videos does:
+    the timed region holds sampling only, and the peak holds the cache.
+    """
     v, device = s.video, s.device
     _reset_peak(device)
     synchronize(device)
     start = time.perf_counter()
     chunks = sample_video(model, plan=parse_plan(plan), context=context, num_frames=v.latent_frames,
                           latent_height=v.latent_height, latent_width=v.latent_width, seeds=[s.seed],
-                          max_cache_frames=window_frames)
+                          max_cache_frames=window_frames, cache=cache)
     next(chunks)
     synchronize(device)
     first = time.perf_counter() - start
@@ -109,13 +112,22 @@ def time_video(model, plan: str, context: torch.Tensor, s: RealSizeSettings,
 
 def time_plans(model, context: torch.Tensor, s: RealSizeSettings, runs: dict[str, tuple[str, int | None]]) -> dict:
     """Each run (name -> plan, rolling window or None) once untimed, then `repeats` interleaved
-    rounds; the fastest whole video and the fastest first chunk are kept, and the largest peak."""
+    rounds; the fastest whole video and the fastest first chunk are kept, and the largest peak.
+    Runs of one call share the cache geometry (all whole-video, or all one window)."""
+    windows = {window for _, window in runs.values()}
+    if len(windows) != 1:
+        raise ValueError("time_plans times runs of one cache geometry at a time")
+    v = s.video
+    cache = kv_cache_for_video(model, batch=1, video_frames=v.latent_frames, latent_height=v.latent_height,
+                               latent_width=v.latent_width, max_cache_frames=windows.pop())
     for plan, window in runs.values():
-        time_video(model, plan, context, s, window)
+        time_video(model, plan, context, s, cache, window)
     kept: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(s.repeats):
         for name, (plan, window) in runs.items():
-            kept[name].append(time_video(model, plan, context, s, window))
+            kept[name].append(time_video(model, plan, context, s, cache, window))
+    del cache
+    _free_memory(s.device)
     pixel_frames = s.video.pixel_frames
     results = {}
     for name, (plan, window) in runs.items():
@@ -190,9 +202,7 @@ def run_real_size(s: RealSizeSettings) -> dict:
 
     window = s.window_chunks * c.chunk_frames
     plans = time_plans(model, context, s, {plan: (plan, None) for plan in PLANS})
-    _drop_cache(model)
     rolling = time_plans(model, context, s, {TARGET_PLAN: (TARGET_PLAN, window)})[TARGET_PLAN]
-    _drop_cache(model)
     bidirectional = time_bidirectional(model, context, s)
     return {
         "benchmark": "real_size",
