@@ -1,4 +1,7 @@
-"""Trainer figures for `asd-bench --trainer`: what ASD costs per distill iteration, and scaling.
+"""`python -m trainer.bench`: what ASD costs per distill iteration, and scaling over processes.
+
+The trainer's own benchmark (the library's `asd-bench` never imports the trainer). Prints
+one JSON object:
 
 * asd_step_overhead: seconds per distill iteration with ASD on (asd_weight > 0) / off (= 0),
   same config, same seeds, same exit steps (target <= 1.5). Timed over whole generator cycles
@@ -120,18 +123,30 @@ def run_trainer_benchmark(quick: bool = False, cycles: int | None = None, skip_p
     return result
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny networks and latents (seconds; the tests)")
+    parser.add_argument("--cycles", type=int, help="timed generator cycles per figure (default 2, --quick 1)")
+    parser.add_argument("--skip-procs", action="store_true", help="skip the 1 vs 2 process torchrun figures")
+    # Internal: a torchrun rank timing `--cycles` cycles of the stage built from OVERRIDES.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Internal entry for torchrun workers (`python -m trainer.bench --worker -- OVERRIDES`)."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.bench")
-    parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--cycles", type=int, default=2)
-    parser.add_argument("overrides", nargs="*")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cycles is not None and args.cycles < 1:
+        parser.error(f"--cycles must be >= 1, got {args.cycles}")
     if not args.worker:
-        print(json.dumps(run_trainer_benchmark(cycles=args.cycles), indent=2))
+        if args.overrides:
+            parser.error(f"unexpected arguments {args.overrides}: the benchmark takes only the flags above")
+        result = run_trainer_benchmark(quick=args.quick, cycles=args.cycles, skip_procs=args.skip_procs)
+        print(json.dumps(result, indent=2))
         return 0
     torch.set_num_threads(1)
-    result = time_iterations(args.overrides, args.cycles)
+    result = time_iterations(args.overrides, args.cycles or 2)
     if result.pop("is_main"):
         print(json.dumps(result), flush=True)
     return 0

@@ -9,8 +9,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+
+from ..budget import REAL_VIDEO, VideoSize, kv_cache_report
 from ..checkpoint import read_checkpoint
 from ..config import CausalWanConfig
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="model config as JSON text or a .json file, for foreign files "
                         "whose config cannot be inferred (heads not 128 wide)")
     parser.add_argument("--no-ema", action="store_true", help="Self Forcing files: read `generator`, not `generator_ema`")
+    parser.add_argument("--video", help="trained video size in latent frames FxHxW (e.g. 21x60x104), for the KV "
+                        "cache figures when the size cannot be told from the config")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                        help="model (and so KV cache) dtype for the cache figures (default bfloat16, a GPU's)")
     args = parser.parse_args(argv)
 
     try:
+        video = _parse_video(args.video) if args.video else None
         config = _parse_config(args.config) if args.config else None
         checkpoint = read_checkpoint(args.file, prefer_ema=not args.no_ema, config=config)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; missing files are OSError
@@ -43,9 +53,46 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": sum(t.numel() for t in tensors),
         "dtypes": dict(Counter(str(t.dtype).removeprefix("torch.") for t in tensors)),
         "metadata_keys": sorted(checkpoint.metadata),
+        "kv_cache": _kv_cache(checkpoint.config, video, DTYPES[args.dtype]),
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _kv_cache(config: CausalWanConfig, video: VideoSize | None, dtype: torch.dtype) -> dict:
+    """Cache bytes for the trained video size and for 81 frames of 832x480 (self-attention only)."""
+    if video is not None:
+        trained, source = video, "--video"
+    else:
+        trained, source = _trained_video(config)
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": 1,
+        "cross_attention": "not cached: its keys/values over the text are recomputed by every call",
+        "trained_video": None if trained is None else {**kv_cache_report(config, trained, dtype), "source": source},
+        "real_video": kv_cache_report(config, REAL_VIDEO, dtype),
+    }
+
+
+def _trained_video(config: CausalWanConfig) -> tuple[VideoSize | None, str]:
+    """Files record no video size: the built-in toy architecture trains on the toy domain's,
+    Wan-sized text conditioning means Wan2.1's 81x832x480; anything else needs --video."""
+    from dataclasses import replace
+
+    from ..defaults import TOY, toy_model_config
+
+    if replace(config, chunk_frames=TOY.chunk_frames) == toy_model_config():
+        return VideoSize(TOY.latent_frames, TOY.latent_height, TOY.latent_width), "the toy domain's size (asd_core.defaults)"
+    if config.text_dim == 4096:
+        return REAL_VIDEO, "Wan2.1's 832x480x81 (umt5 text width; the file records no size)"
+    return None, "unknown: pass --video FxHxW"
+
+
+def _parse_video(text: str) -> VideoSize:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--video must be latent frames x height x width, e.g. 21x60x104, got {text!r}")
+    return VideoSize(*(int(p) for p in parts))
 
 
 def _parse_config(text: str) -> CausalWanConfig:
