@@ -2,9 +2,9 @@
 
 For each chunk of `chunk_frames` latent frames: start from noise; at each timestep of the
 plan predict x0 and re-noise it to the next timestep with fresh noise; the last x0 is the
-chunk. Then one more pass on the clean chunk, labelled timestep 0 (or `context_noise`, with no
-noise added, as Self Forcing's inference pipeline does), writes its keys and values into the
-KV cache for the chunks after it. Chunks are yielded as they finish.
+chunk, yielded at once. Then one more pass on the clean chunk, labelled timestep 0 (or
+`context_noise`, with no noise added, as Self Forcing's inference pipeline does), writes its
+keys and values into the KV cache for the chunks after it.
 """
 
 from __future__ import annotations
@@ -156,12 +156,12 @@ def sample_video(
             if step + 1 < len(timesteps):
                 sigma = timestep_to_sigma(timesteps[step + 1])
                 x = (1 - sigma) * x0 + sigma * noises[step + 1]
-        if chunk + 1 < num_chunks:
-            predict(x0, context_noise, offset, True, chunk)  # the clean chunk fills the cache
         finished = x0.cpu()
         if callback is not None:
             callback(SamplerProgress(calls, total_calls, chunk, num_chunks, finished_chunk=finished))
-        yield finished
+        yield finished  # before the cache fill: the caller has the chunk one model pass sooner
+        if chunk + 1 < num_chunks:
+            predict(x0, context_noise, offset, True, chunk)  # the clean chunk fills the cache
 
 
 def generate_latents(model, **kwargs) -> torch.Tensor:

@@ -169,9 +169,9 @@ def test_chunks_are_decoded_as_they_finish_and_the_bar_ticks_per_model_call(tmp_
     monkeypatch.setattr(sampler_module, "sample_video", sampler)
     assert main(["--out", str(tmp_path / "x.gif"), "--plan", "1*"]) == 0
     # 1*: chunk 0 = 4 steps + cache fill, chunk 1 = 1 step + fill, chunk 2 = 1 step; each chunk decoded
-    # right after it finishes, before the next chunk's first model call
-    assert events == [("call", 0)] * 5 + [("done", 0), ("push", 3)] + [("call", 1)] * 2 + [("done", 1), ("push", 3)] \
-        + [("call", 2), ("done", 2), ("push", 3)]
+    # right after its last step, before its own cache fill (one model pass sooner)
+    assert events == [("call", 0)] * 4 + [("done", 0), ("push", 3), ("call", 0), ("call", 1), ("done", 1), ("push", 3),
+                                          ("call", 1), ("call", 2), ("done", 2), ("push", 3)]
     assert "0/8 " in capsys.readouterr().err  # the bar opens with the sampler's model-call count as total
 
 

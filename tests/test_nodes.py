@@ -419,7 +419,7 @@ def test_sampler_progress_ticks_per_model_call_with_a_preview_per_chunk(tiny, fa
     assert [v for v, t, p in fake.updates if p is None] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert all(t == total for _, t, _ in fake.updates)
     previews = [(v, p) for v, _, p in fake.updates if p is not None]
-    assert [v for v, _ in previews] == [5, 7, 8]  # after each chunk's cache fill (and the last chunk's step)
+    assert [v for v, _ in previews] == [4, 6, 8]  # after each chunk's last step, before its cache fill
     for _, (fmt, image, max_size) in previews:
         assert fmt == "JPEG" and max_size == 512 and min(image.size) >= 256
     assert fake.checks == 8  # Cancel is looked at before every model call
