@@ -113,7 +113,10 @@ def generate(args: argparse.Namespace) -> str:
         raise ValueError("--text-encoder (umt5 for real Wan) needs --vae too: the Wan 2.1 VAE the model's latents belong to")
     device, dtype = device_and_dtype(args.device, args.dtype)
 
-    model, text_encoder, codec, label = _load(args, device, dtype)
+    from ..pipeline import Pipeline
+
+    pipeline = Pipeline.load(args.checkpoint, text_encoder=args.text_encoder, vae=args.vae, device=device, dtype=dtype)
+    model, text_encoder, codec, label = pipeline.model, pipeline.text_encoder, pipeline.codec, pipeline.label
     sizes = WAN_SIZES if args.text_encoder else TOY_SIZES
     frames = args.frames if args.frames is not None else sizes["frames"]
     width = args.width if args.width is not None else sizes["width"]
@@ -177,50 +180,6 @@ def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype
     except ValueError as err:
         raise ValueError(f"--device: {err}") from None
     return resolved, resolve_dtype(dtype, resolved)
-
-
-def _load(args, device: torch.device, dtype: torch.dtype):
-    """(model, text encoder, codec, label): the built-in default, plus whatever the user replaced."""
-    pipeline = None
-    if not (args.checkpoint and args.text_encoder and args.vae):
-        from ..defaults import load_default_pipeline
-
-        pipeline = load_default_pipeline(device=device, dtype=dtype)
-
-    if args.checkpoint:
-        from ..checkpoint import load_model
-
-        model = load_model(args.checkpoint, device=device, dtype=dtype)
-        label = Path(args.checkpoint).name
-    else:
-        model, label = pipeline.model, pipeline.label
-
-    if args.text_encoder:
-        from ..text import UMT5TextEncoder
-
-        text_encoder = UMT5TextEncoder.from_pretrained(args.text_encoder, device=device,
-                                                       dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
-    else:
-        text_encoder = pipeline.text_encoder
-    if args.vae:
-        from ..vae import load_codec
-
-        codec = load_codec(args.vae, device=device)
-    else:
-        codec = pipeline.codec
-    if args.checkpoint and pipeline is not None and not (args.text_encoder or args.vae):
-        label += f", built-in toy text encoder and VAE{'' if pipeline.trained else ' (UNTRAINED)'}"
-
-    text_dim = model.config.text_dim
-    if text_encoder.width != text_dim:
-        hint = ("pass --text-encoder with a local umt5-xxl folder (and --vae with the Wan 2.1 VAE)"
-                if text_dim == 4096 else "use the text encoder the model was trained with")
-        raise ValueError(f"the model takes {text_dim}-dim text embeddings but the text encoder gives "
-                         f"{text_encoder.width}: {hint}")
-    if codec.latent_channels != model.config.in_channels:
-        raise ValueError(f"the model works on {model.config.in_channels}-channel latents but the VAE makes "
-                         f"{codec.latent_channels}: use the Wan 2.1 VAE (16 channels)")
-    return model, text_encoder, codec, label
 
 
 def _latent_frames(pixel_frames: int, chunk_frames: int) -> int:
