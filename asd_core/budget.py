@@ -94,17 +94,18 @@ def chunk_activation_bytes(config: CausalWanConfig, latent_height: int, latent_w
     S = chunk tokens, D = width, F = ffn width, b = dtype bytes. Live through the pass: the
     hidden states (S D b) and the embedded text (T D b). Inside a block the larger of
     * feed-forward: the normed input (S D b) + the up-projection and its GELU (2 S F b);
-    * self-attention: normed input + q, k, v (4 S D b) + RoPE's float32 rotation of q or k
-      (3 S D 4: the float copy, its rotated pairs, the result).
+    * self-attention: normed input + q, k, v (4 S D b) + RoPE's float64 rotation of q or k
+      (3 S D 8: the float64 copy, its rotated pairs, the result; RoPE runs in float64 as
+      diffusers and Self Forcing compute it).
     SDPA's flash / memory-efficient kernels (no mask in the cached path) keep no (S x keys)
     score matrix; a math-kernel fallback would add heads x S x keys x b.
     """
-    b, fp32 = dtype_bytes(dtype), 4
+    b, fp64 = dtype_bytes(dtype), 8
     s = config.chunk_frames * config.tokens_per_frame(latent_height, latent_width)
     d, f = config.width, config.ffn_dim
     persistent = s * d * b + text_tokens * d * b
     feed_forward = s * d * b + 2 * s * f * b
-    attention = 4 * s * d * b + 3 * s * d * fp32
+    attention = 4 * s * d * b + 3 * s * d * fp64
     return {"chunk_tokens": s, "persistent": persistent, "block_peak": max(feed_forward, attention),
             "bytes": persistent + max(feed_forward, attention)}
 

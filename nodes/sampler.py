@@ -65,12 +65,16 @@ def check_request(*, frames: int, width: int, height: int, chunk_frames: int, pa
 
 
 @contextmanager
-def on_compute_device(model):
-    """Move the model to ComfyUI's compute device for the run and back to its offload device after."""
+def on_compute_device(model, working_bytes: int = 0):
+    """Move the model to ComfyUI's compute device for the run and back to its offload device after.
+
+    ComfyUI is asked first to free the weights' bytes plus `working_bytes` (KV cache and
+    activations), so it offloads the text encoder and VAE while the transformer runs.
+    """
     device, offload = host.compute_device(), host.offload_device()
     moved = device != model.device
     if moved:
-        host.free_memory_for(sum(p.numel() * p.element_size() for p in model.parameters()), device)
+        host.free_memory_for(sum(p.numel() * p.element_size() for p in model.parameters()) + working_bytes, device)
         model.to(device)
     try:
         yield device
@@ -78,6 +82,15 @@ def on_compute_device(model):
         if moved or model.device != offload:
             model.to(offload)
             host.soft_empty_cache()
+
+
+def sampling_bytes(net, batch: int, video_frames: int, latent_h: int, latent_w: int, window_frames: int) -> int:
+    """KV cache (whole video or the rolling window) plus one chunk's activations, from the config."""
+    from ..asd_core.budget import chunk_activation_bytes, kv_cache_bytes
+
+    cache_frames = min(video_frames, window_frames) if window_frames else video_frames
+    cache = kv_cache_bytes(net.config, cache_frames, latent_h, latent_w, dtype=net.dtype, batch=batch)
+    return cache + batch * chunk_activation_bytes(net.config, latent_h, latent_w, dtype=net.dtype)["bytes"]
 
 
 def conditioning_tensor(conditioning, text_dim: int, name: str) -> torch.Tensor:
@@ -210,7 +223,8 @@ class ASDCausalSampler:
             preview = previewer.image(p.finished_chunk) if p.finished_chunk is not None else None
             progress.update(p.call, preview)
 
-        with on_compute_device(net):
+        with on_compute_device(net, sampling_bytes(net, batch_size * (2 if negative_context is not None else 1),
+                                                   prefix_frames + num_latent, latent_h, latent_w, window_frames)):
             chunks = list(sample_video(
                 net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
                 latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,

@@ -424,7 +424,11 @@ def test_sampler_progress_ticks_per_model_call_with_a_preview_per_chunk(tiny, fa
         assert fmt == "JPEG" and max_size == 512 and min(image.size) >= 256
     assert fake.checks == 8  # Cancel is looked at before every model call
     params = sum(p.numel() * p.element_size() for p in tiny.model.parameters())
-    assert fake.freed == [(params, torch.device("cpu", 0))] and fake.emptied == 1
+    # ComfyUI is asked for the weights plus the KV cache (2 layers x keys and values x 6 frames x
+    # 4 tokens x 2 heads x 32 x 4 bytes) plus one chunk's activations (well under 1 MB here).
+    cache = 2 * 2 * (6 * 4) * 2 * 32 * 4
+    [(freed, device)] = fake.freed
+    assert device == torch.device("cpu", 0) and params + cache < freed < params + cache + 2**20 and fake.emptied == 1
     gc.collect()  # the KV cache lives in the sampler call only: nothing keeps it on the device afterwards
     assert not [o for o in gc.get_objects() if isinstance(o, core("kv_cache").KVCache)]
 
