@@ -230,7 +230,7 @@ def test_flex_block_mask_gives_the_dense_masks_outputs(model):
     CPU training dense and a CPU flex request with gradients is a clear error."""
     from torch.nn.attention.flex_attention import create_mask
 
-    from asd_core.model import block_causal_block_mask, block_causal_mask
+    from asd_core.attention import block_causal_block_mask, block_causal_mask
 
     dense = block_causal_mask(6, 16, 2, 0, "cpu")
     sparse = block_causal_block_mask(6, 16, 2, 0, torch.device("cpu"))

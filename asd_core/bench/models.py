@@ -13,8 +13,9 @@ import dataclasses
 
 import torch
 
+from ..attention import OffsetRotaryEmbedding
 from ..config import CausalWanConfig
-from ..model import CausalWanTransformer, OffsetRotaryEmbedding, cast_for_inference
+from ..model import CausalWanTransformer, cast_for_inference
 
 
 def _fresh_rope(config: CausalWanConfig, device) -> OffsetRotaryEmbedding:
