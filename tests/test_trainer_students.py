@@ -447,7 +447,7 @@ def test_disc_probe_tells_real_step_differences_apart_and_not_identical_branches
     are the same video it cannot (identical logits: zero gap)."""
     import json
 
-    from trainer import disc_probe
+    from research import disc_probe
 
     assert disc_probe.main(probe_args(teacher_run, ode_run) + ["--min-t", "0", "--max-t", "0"]) == 0
     real = json.loads(capsys.readouterr().out)
@@ -462,7 +462,7 @@ def test_disc_probe_tells_real_step_differences_apart_and_not_identical_branches
 
 
 def test_disc_probe_refuses_bad_ranges(teacher_run, ode_run, capsys):
-    from trainer import disc_probe
+    from research import disc_probe
 
     assert disc_probe.main(probe_args(teacher_run, ode_run) + ["--min-t", "0.5", "--max-t", "0.1"]) == 2
     assert "need 0 <= --min-t <= --max-t <= 1" in capsys.readouterr().err

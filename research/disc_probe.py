@@ -1,6 +1,6 @@
 """Can an ASD discriminator tell a student's n-step outputs from its (n+1)-step ones?
 
-    python -m trainer.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
+    python -m research.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
 
 A diagnostic for the distill stage: the student is frozen, its rollout pairs (n-step output,
 ASD's (n+1)-step real sample, by default the same rollout one step further) are made once with
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from . import dist
-from .config import load_config
-from .rollout import noise_like
+from trainer import dist
+from trainer.config import load_config
+from trainer.rollout import noise_like
+from trainer.stages.distill import DistillStage
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "toy" / "distill.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "toy" / "distill.yaml"
 
 
 def rollout_pairs(stage, batches: int, batch_size: int, generator: torch.Generator) -> list[tuple]:
@@ -72,7 +73,7 @@ def score(stage, pairs, generator: torch.Generator, repeats: int = 3) -> tuple[f
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.disc_probe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m research.disc_probe", description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, help="the teacher run (or file) the student was distilled from")
     p.add_argument("--student", required=True, help="the student run or file whose pairs are probed")
     p.add_argument("--config", default=str(CONFIG), help="distill config giving plan, video size and depths")
@@ -91,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .stages.distill import DistillStage
-
     args = build_parser().parse_args(argv)
     if not 0 <= args.min_t <= args.max_t <= 1:
         print(f"error: need 0 <= --min-t <= --max-t <= 1, got {args.min_t}, {args.max_t}", file=sys.stderr)
