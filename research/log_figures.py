@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.loop import RUN_FILE, SUMMARY_FILE
+from trainer.run_files import RUN_FILE, SUMMARY_FILE
 
 # The scalars worth a line per stage (others are in TensorBoard).
 KEY_SCALARS = {

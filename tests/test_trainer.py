@@ -14,9 +14,9 @@ from asd_core.config import CausalWanConfig
 from asd_core.model import CausalWanTransformer
 from asd_core.text import ToyTextEncoder
 from asd_core.vae import LatentCodec
-from trainer import loop
 from trainer.cli import main
 from trainer.config import load_config
+from trainer.stages.base import step_seed
 from trainer.state import TENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_real_size_config_builds_on_the_meta_device():
 
 
 def test_step_seeds_differ_per_rank_and_step():
-    seeds = {loop.step_seed(0, rank, step) for rank in range(4) for step in range(100)}
+    seeds = {step_seed(0, rank, step) for rank in range(4) for step in range(100)}
     assert len(seeds) == 400
 
 

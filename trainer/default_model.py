@@ -25,8 +25,9 @@ from asd_core.atomic import atomic_path
 from asd_core.defaults import DEFAULT_FILES, WEIGHTS_DIR
 
 from .config import load_config
-from .loop import CHECKPOINTS, FINAL_MODEL, run_training
-from .stages.teacher import TEXT_ENCODER_FILE
+from .loop import run_training
+from .run_files import CHECKPOINTS, FINAL_MODEL
+from .stages.base import TEXT_ENCODER_FILE
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 
