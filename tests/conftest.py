@@ -1,7 +1,15 @@
 """Fixtures shared by several test modules."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# research/ (the lab scripts behind docs/) is not an installed package: its tests import it from the checkout.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture

@@ -14,21 +14,20 @@ TINY_MODEL = ["model.num_layers=2", "model.num_attention_heads=1", "model.attent
               "model.ffn_dim=64", "model.freq_dim=32"]
 TINY_STAGES = [
     ("vae", "vae.yaml", ["max_steps=1", "batch_size=1", "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
-    ("vae_decoder", "vae.yaml", ["init={runs}/vae", "freeze_encoder=true", "max_steps=1", "batch_size=1",
-                                 "clip_frames=5", "stats_clips=2", *TINY_VIDEO]),
-    ("vae_decoder_long", "vae.yaml", ["init={runs}/vae_decoder", "freeze_encoder=true", "max_steps=1", "batch_size=1",
-                                      "clip_frames=9", "stats_clips=2", *TINY_VIDEO]),
-    ("vae_decoder_full", "vae.yaml", ["init={runs}/vae_decoder_long", "freeze_encoder=true", "max_steps=1",
-                                      "batch_size=1", "clip_frames=13", "stats_clips=2", *TINY_VIDEO]),
+    ("vae_decoder", "vae_decoder.yaml", ["init={runs}/vae", "max_steps=1", "batch_size=1", "clip_frames=5",
+                                         "stats_clips=2", *TINY_VIDEO]),
+    ("vae_decoder_long", "vae_decoder_long.yaml", ["init={runs}/vae_decoder", "max_steps=1", "batch_size=1",
+                                                   "clip_frames=9", "stats_clips=2", *TINY_VIDEO]),
+    ("vae_decoder_full", "vae_decoder_full.yaml", ["init={runs}/vae_decoder_long", "max_steps=1", "batch_size=1",
+                                                   "clip_frames=13", "stats_clips=2", *TINY_VIDEO]),
     ("teacher", "teacher.yaml", ["vae={runs}/vae", "max_steps=2", "batch_size=2", "pool_size=4", "num_frames=6",
                                  "ema_start=0", *TINY_VIDEO, *TINY_MODEL]),
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher", "max_steps=1", "batch_size=2", "num_frames=6",
                                    "num_trajectories=2", "ode_steps=4", "ema_start=0", *TINY_VIDEO]),
     ("distill_asd", "distill.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=2",
-                                     "batch_size=1", "num_frames=6", "gen_update_ratio=2", *TINY_VIDEO]),
-    ("distill_dmd", "distill.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=2",
-                                     "batch_size=1", "num_frames=6", "gen_update_ratio=2", "asd_weight=0",
-                                     *TINY_VIDEO]),
+                                     "batch_size=1", "num_frames=6", *TINY_VIDEO]),
+    ("distill_dmd", "distill_dmd_only.yaml", ["teacher={runs}/teacher", "init={runs}/ode_init", "max_steps=2",
+                                              "batch_size=1", "num_frames=6", *TINY_VIDEO]),
 ]
 
 
@@ -47,7 +46,7 @@ def test_driver_trains_every_stage_resumes_and_ships(tmp_path, monkeypatch, caps
     assert "[vae] done already" in out and "[teacher] starting" in out
     shipped = {p.name for p in weights.iterdir()}
     assert shipped == set(driver.SHIPPED)
-    assert read_checkpoint(weights / "student.safetensors").metadata["asd.asd_weight"] == "10.0"
+    assert read_checkpoint(weights / "student.safetensors").metadata["asd.asd_weight"] == "1.0"
     assert read_checkpoint(weights / "student_dmd_only.safetensors").metadata["asd.asd_weight"] == "0.0"
     assert read_checkpoint(weights / "teacher.safetensors").metadata["asd.role"] == "teacher"
     # The shipped decoder decodes in the normalisation the teacher's latents were encoded with.
@@ -113,10 +112,10 @@ def test_the_shipped_default_loads_and_beats_an_untrained_model_of_its_size(tmp_
 
 
 def test_the_shipped_files_carry_the_recipe_stages_names(tmp_path):
-    """The committed students and teacher must be what STAGES would train now: a STAGES change
-    without re-shipping (or a re-ship from other overrides) would leave docs/results.md describing
-    files that are not there. The trainer writes these keys into every exported model; the
-    recipe is read through load_config, as run_stage reads it (config file + overrides)."""
+    """The committed students and teacher must be what the toy configs would train now: a config
+    change without re-shipping (or a re-ship from other settings) would leave docs/results.md
+    describing files that are not there. The trainer writes these keys into every exported model;
+    the recipe is read through load_config, as run_stage reads it (config file + run paths)."""
     from trainer.config import load_config
 
     def recipe(stage: str):
@@ -139,3 +138,17 @@ def test_the_shipped_files_carry_the_recipe_stages_names(tmp_path):
     asd = read_checkpoint(defaults.WEIGHTS_DIR / "student.safetensors").metadata
     assert asd["asd.asd_weighting"] == "relative"
     assert asd["asd.asd_counts"] == ",".join(map(str, recipe("distill_asd").asd_counts)) == "1"
+
+
+def test_the_driver_passes_run_paths_only_and_the_two_students_differ_in_asd_alone(tmp_path):
+    """The recipe is the config files: STAGES only says where each run finds the runs before it,
+    and the DMD-only ablation is the ASD student's recipe with ASD switched off."""
+    from trainer.config import load_config, to_dict
+
+    for name, config_file, overrides in driver.STAGES:
+        assert (driver.CONFIGS / config_file).is_file(), config_file
+        assert all(word.split("=", 1)[1].startswith("{runs}/") for word in overrides), (name, overrides)
+    asd, dmd = (to_dict(load_config(driver.CONFIGS / file, [f"out_dir={tmp_path}"]))
+                for file in ("distill.yaml", "distill_dmd_only.yaml"))
+    assert {key for key in asd if asd[key] != dmd[key]} == {"asd_weight", "asd_weighting", "asd_counts"}
+    assert asd["asd_weight"] > 0 and dmd["asd_weight"] == 0

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.results import PLANS, markdown_table, plot, rows, summary
+from research.results import PLANS, markdown_table, plot, rows, summary
 
 
 def fake_results(seeds=(0, 1)):
@@ -42,7 +42,7 @@ def test_table_reports_mean_and_spread_over_seeds(tmp_path):
 
 
 def test_parts_merge_back_in_table_order_and_must_match(tmp_path):
-    from trainer.results import merge
+    from research.results import merge
 
     full = fake_results()
     names = list(full["rows"])
@@ -56,7 +56,7 @@ def test_parts_merge_back_in_table_order_and_must_match(tmp_path):
 
 
 def test_a_part_with_a_new_seed_extends_every_row():
-    from trainer.results import merge
+    from research.results import merge
 
     two = fake_results(seeds=(0, 1))
     third = fake_results(seeds=(2,))

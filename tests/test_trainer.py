@@ -14,9 +14,9 @@ from asd_core.config import CausalWanConfig
 from asd_core.model import CausalWanTransformer
 from asd_core.text import ToyTextEncoder
 from asd_core.vae import LatentCodec
-from trainer import loop
 from trainer.cli import main
 from trainer.config import load_config
+from trainer.stages.base import step_seed
 from trainer.state import TENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,12 +179,12 @@ def test_real_size_config_builds_on_the_meta_device():
 
 
 def test_step_seeds_differ_per_rank_and_step():
-    seeds = {loop.step_seed(0, rank, step) for rank in range(4) for step in range(100)}
+    seeds = {step_seed(0, rank, step) for rank in range(4) for step in range(100)}
     assert len(seeds) == 400
 
 
 def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
-    from trainer.log_figures import main as log_figures
+    from research.log_figures import main as log_figures
 
     out = tmp_path / "vae"
     assert train("vae.yaml", out, "max_steps=4", "batch_size=1", "clip_frames=5", "stats_clips=2", "tensorboard=true",
@@ -205,8 +205,8 @@ def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "not a run directory" in error and "vae.log" in error
 
-    # `python -m trainer.log_figures runs/* | head`: the reader leaves early; no traceback
-    reader_gone = subprocess.Popen([sys.executable, "-m", "trainer.log_figures", str(out)], cwd=ROOT,
+    # `python -m research.log_figures runs/* | head`: the reader leaves early; no traceback
+    reader_gone = subprocess.Popen([sys.executable, "-m", "research.log_figures", str(out)], cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader_gone.stdout.close()
     assert reader_gone.wait(timeout=120) == 1
@@ -215,9 +215,9 @@ def test_log_figures_reads_the_run_logs_and_summary(tmp_path, capsys):
 
 def test_scalars_only_some_steps_have_still_reach_tensorboard(tmp_path):
     """The generator's losses exist on every gen_update_ratio-th step only; log_every must not hide them."""
+    from research.log_figures import read_scalars
     from trainer.config import DistillConfig
     from trainer.dist import Runtime
-    from trainer.log_figures import read_scalars
     from trainer.logs import RunLogger
 
     config = DistillConfig(out_dir=str(tmp_path), max_steps=8, log_every=4, progress=False, tensorboard=True)

@@ -129,7 +129,8 @@ def test_students_train_on_prompt_embeddings_and_sample_with_the_teachers_vae(te
     assert torch.equal(safetensors.torch.load_file(str(ode / "trajectories_rank0.safetensors"))["context"], context[:2])
     distill = tmp_path / "distill"
     assert train("distill.yaml", distill, f"teacher={teacher_run}", f"init={ode}", "max_steps=1", "batch_size=1",
-                 "plan=2", "export_plan=1*", "gen_update_ratio=1", "sample_every=1", *embeddings, *TINY_VIDEO) == 0
+                 "plan=2", "exit_weights=[3,1]", "export_plan=1*", "gen_update_ratio=1", "sample_every=1", *embeddings,
+                 *TINY_VIDEO) == 0
     for run in (ode, distill):
         paths = sorted((run / "samples").iterdir())
         assert [p.name for p in paths] == ["step_0000001_0.gif", "step_0000001_1.gif"]

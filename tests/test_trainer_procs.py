@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE.parent))
 
-from trainer.loop import Stage, StepResult, apply_update, step_seed
+from trainer.stages.base import Stage, StepResult, apply_update, step_seed
 from trainer.state import Checkpointer
 
 

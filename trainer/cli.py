@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .loop import FINAL_MODEL, NonFiniteAbort, run_training
+from .loop import NonFiniteAbort, run_training
+from .run_files import FINAL_MODEL
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from asd_core.config import CausalWanConfig
+from asd_core.schedule import parse_plan
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -120,12 +121,9 @@ class DistillConfig(RunConfig):
     stage: str = "distill"
     teacher: str = ""  # real score (frozen) and critic initialisation
     init: str = ""  # generator initialisation (the ode_init run)
-    plan: str = "4"  # training steps N: every chunk rolled out with these timesteps
-    ffe_first_plan: str = ""  # FFE-aware rollout: chunk 0 runs this (longer) plan to its end ("" = off)
-    # Which timesteps an n-step exit walks: "nested" = the first n of the training plan (Self
-    # Forcing: the 2-step output is [1000, 937.5]); "per_count" = the n-step plan users sample
-    # with (`parse_plan("2")`: [1000, 833.3]), so every exit trains a plan the sampler runs.
-    exit_plans: str = "nested"
+    # Training steps N: every chunk rolled out with these timesteps; an n-step exit walks the
+    # first n of them (Self Forcing: with plan 4 the 2-step output is [1000, 937.5]).
+    plan: str = "4"
     # How often each exit count n = 1..N is drawn, relative weights ([] = uniform, Self Forcing's
     # draw): e.g. [3,1,1,1] spends half the iterations on 1-step outputs, for a student sampled at 1 step.
     exit_weights: list[float] = field(default_factory=list)
@@ -150,17 +148,6 @@ class DistillConfig(RunConfig):
     disc_width: int = 0  # 0 = the critic's width
     disc_depths: list[int] = field(default_factory=list)  # critic blocks fed to D ([] = 3 spread over depth)
     disc_queries: int = 4
-    disc_caption: bool = False  # D's head also reads the pooled caption (a projection discriminator)
-    # Where ASD's (n+1)-step "real" sample comes from: "continue" = the n-step output re-noised and
-    # denoised once more (one trajectory); "rollout" = a separate no-grad rollout to n+1 steps from
-    # fresh noise (same captions); "same_noise" = that rollout from the n-step branch's own noise.
-    # With "continue" a blank n-step output makes a blank real sample too, a fixed point students
-    # collapsed to (docs/results.md); the separate rollouts break that link. exit_plans=per_count
-    # needs a separate rollout: the (n+1)-step plan does not continue the n-step one.
-    asd_real: str = "continue"
-    # The network whose features D reads: "critic" (the fake score, as the paper) or "teacher"
-    # (frozen: D's inputs do not drift while the critic trains on the generator's samples).
-    disc_backbone: str = "critic"
     # D's noise level, u ~ U(min, max) warped by disc_timestep_shift; both branches drawn
     # independently. Lower than DMD's on purpose: at DMD's levels (median sigma 0.83) the n- and
     # (n+1)-step outputs are buried in noise and D stayed at chance (docs/results.md).
@@ -302,37 +289,17 @@ def validate(config: RunConfig) -> None:
     if isinstance(config, DistillConfig):
         if not config.init:
             raise ValueError("stage 'distill' needs init=RUN_DIR_OR_FILE (the ode_init stage's output)")
-        if config.gen_update_ratio < 1:
-            raise ValueError(f"gen_update_ratio must be >= 1, got {config.gen_update_ratio}")
         if not 0 <= config.dmd_min_t < config.dmd_max_t <= 1:
             raise ValueError(f"need 0 <= dmd_min_t < dmd_max_t <= 1, got {config.dmd_min_t}, {config.dmd_max_t}")
         if not 0 <= config.disc_min_t <= config.disc_max_t <= 1:
             raise ValueError(f"need 0 <= disc_min_t <= disc_max_t <= 1 (equal = one fixed level, 0 = clean), "
                              f"got {config.disc_min_t}, {config.disc_max_t}")
-        if config.asd_real not in ("continue", "rollout", "same_noise"):
-            raise ValueError(f"asd_real must be 'continue' (one more step from the n-step output), 'rollout' "
-                             f"(a separate rollout to n+1 steps from fresh noise) or 'same_noise' (that rollout "
-                             f"from the n-step branch's noise), got {config.asd_real!r}")
-        if config.exit_plans not in ("nested", "per_count"):
-            raise ValueError(f"exit_plans must be 'nested' (an n-step exit walks the first n timesteps of the "
-                             f"plan) or 'per_count' (it walks the n-step plan users sample with), "
-                             f"got {config.exit_plans!r}")
-        if config.exit_plans == "per_count":
-            if not config.plan.strip().isdigit():
-                raise ValueError(f"exit_plans=per_count needs plan=N, a step count (the n-step plans are "
-                                 f"parse_plan('n') for n = 1..N), got plan={config.plan!r}")
-            if config.asd_weight > 0 and config.asd_real == "continue":
-                raise ValueError("exit_plans=per_count has no one-trajectory continuation (the (n+1)-step plan's "
-                                 "timesteps differ from the n-step plan's): set asd_real=same_noise or "
-                                 "asd_real=rollout")
         if config.exit_weights and (any(w < 0 for w in config.exit_weights) or sum(config.exit_weights) <= 0):
             raise ValueError(f"exit_weights are relative draw weights of the exit counts n = 1..N: each >= 0, "
                              f"at least one > 0, got {config.exit_weights}")
         if config.asd_weighting not in ("fixed", "relative"):
             raise ValueError(f"asd_weighting must be 'fixed' (L_DMD + alpha * L_ASD) or 'relative' (the ASD gradient "
                              f"scaled to alpha x the DMD gradient's norm), got {config.asd_weighting!r}")
-        if config.disc_backbone not in ("critic", "teacher"):
-            raise ValueError(f"disc_backbone must be 'critic' or 'teacher', got {config.disc_backbone!r}")
         if config.disc_timestep_shift <= 0:
             raise ValueError(f"disc_timestep_shift must be > 0 (1 = no warp), got {config.disc_timestep_shift}")
         if any(n < 1 for n in config.asd_counts):
@@ -340,3 +307,37 @@ def validate(config: RunConfig) -> None:
                              f"got {config.asd_counts}")
         if config.asd_weight < 0:
             raise ValueError(f"asd_weight (alpha) must be >= 0, got {config.asd_weight}")
+        validate_distill_plan(config)
+
+
+def distill_asd_counts(config: DistillConfig) -> set[int]:
+    """The step counts n ASD runs at (n-step vs (n+1)-step outputs): `asd_counts`, or 1..N-1."""
+    return set(config.asd_counts or range(1, len(parse_plan(config.plan).rest)))
+
+
+def validate_distill_plan(config: DistillConfig) -> None:
+    """The checks of exit_weights and asd_counts against the plan's N training steps."""
+    steps = len(parse_plan(config.plan).rest)
+    if config.exit_weights and len(config.exit_weights) != steps:
+        raise ValueError(f"exit_weights {config.exit_weights}: with plan={config.plan!r} (N = {steps} steps) give "
+                         f"one weight per exit count n = 1..{steps}")
+    counts = distill_asd_counts(config)
+    if counts and max(counts) > steps - 1:
+        raise ValueError(f"asd_counts {sorted(counts)}: with plan={config.plan!r} (N = {steps} steps) "
+                         f"ASD can compare n-step with (n+1)-step outputs for n = 1..{steps - 1} only")
+    if config.asd_weight > 0 and config.exit_weights and not any(config.exit_weights[n - 1] > 0 for n in counts):
+        raise ValueError(f"exit_weights {config.exit_weights} never draw an exit ASD runs at (n in "
+                         f"{sorted(counts)}), so asd_weight={config.asd_weight} would train DMD only: "
+                         f"give one of those n a weight > 0, or set asd_weight=0")
+
+
+def check_distill_networks(config: DistillConfig, *, frames: int, chunk_frames: int, critic_layers: int,
+                           critic_width: int) -> None:
+    """The distill checks that need the networks' sizes (read from the init and teacher files)."""
+    if frames % chunk_frames:
+        raise ValueError(f"num_frames={frames} must be a multiple of the student's chunk_frames={chunk_frames}")
+    depths = config.disc_depths
+    if any(not 0 <= d < critic_layers for d in depths):
+        raise ValueError(f"disc_depths {list(depths)} must index the critic's {critic_layers} blocks")
+    if config.disc_width and config.disc_width != critic_width:
+        raise ValueError(f"disc_width={config.disc_width} must equal the critic's width {critic_width} (or 0)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from asd_core.checkpoint import save_checkpoint
 from asd_core.config import CausalWanConfig
 
-from .loop import CHECKPOINTS
+from .run_files import CHECKPOINTS
 from .state import PREFIX, Checkpointer, read_meta, read_module_state
 
 

@@ -44,7 +44,13 @@ def noise_like(shape, generator: torch.Generator, device, dtype=torch.float32) -
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
-def renoise(x0: torch.Tensor, timestep: float, generator: torch.Generator) -> torch.Tensor:
+def renoise_batch(x0: torch.Tensor, timestep: float, generator: torch.Generator) -> torch.Tensor:
+    """x0 re-noised to `timestep` (rectified flow), the whole batch's noise drawn from one generator.
+
+    Unlike `asd_core.sampler.renoise`, which draws each sample from its own generator (so a
+    video does not depend on its batch), training draws one stream per (rank, step): cheaper,
+    and exactly reproducible on resume, which is all training needs.
+    """
     sigma = timestep_to_sigma(timestep)
     return (1 - sigma) * x0 + sigma * noise_like(x0.shape, generator, x0.device)
 
@@ -52,8 +58,7 @@ def renoise(x0: torch.Tensor, timestep: float, generator: torch.Generator) -> to
 def predict_x0(model, x: torch.Tensor, timestep, context: torch.Tensor, **kwargs) -> torch.Tensor:
     """x0 = x - sigma * flow, with sigma scalar or per frame (B, F); float32 out."""
     flow = model(x, timestep, context, **kwargs).float()
-    t = torch.as_tensor(timestep, dtype=torch.float32, device=x.device)
-    sigma = t / 1000.0
+    sigma = timestep_to_sigma(torch.as_tensor(timestep, dtype=torch.float32, device=x.device))
     if sigma.ndim == 1:  # (B,)
         sigma = sigma[:, None, None, None, None]
     elif sigma.ndim == 2:  # (B, F)
@@ -110,19 +115,19 @@ def self_forcing_rollout(
                 x0 = predict_x0(model, x, steps[k], context, frame_offset=offset,
                                 kv_cache=_ReadOnlyCache(cache) if keep_grad else cache)
             if k < exit_at:
-                x = renoise(x0, steps[k + 1], generator)
+                x = renoise_batch(x0, steps[k + 1], generator)
         outputs.append(x0)
         clean = x0.detach()
         if one_more_step:
             if exit_at + 1 < len(steps):
                 with torch.no_grad():
-                    x_next = renoise(clean, steps[exit_at + 1], generator)
+                    x_next = renoise_batch(clean, steps[exit_at + 1], generator)
                     further.append(predict_x0(model, x_next, steps[exit_at + 1], context, frame_offset=offset,
                                               kv_cache=cache))
             else:
                 further.append(clean)
         if index + 1 < num_chunks:
-            seen = renoise(clean, context_noise, generator) if context_noise > 0 else clean
+            seen = renoise_batch(clean, context_noise, generator) if context_noise > 0 else clean
             with torch.no_grad():
                 model(seen.to(model.dtype), context_noise, context, frame_offset=offset, kv_cache=cache, update_cache=True)
     return RolloutOutput(torch.cat(outputs, dim=2), torch.cat(further, dim=2) if one_more_step else None)

@@ -22,15 +22,15 @@ from asd_core.checkpoint import read_checkpoint
 from asd_core.config import CausalWanConfig
 from asd_core.defaults import TOY
 from asd_core.model import CausalWanTransformer
-from asd_core.schedule import parse_plan, warp_sigma
+from asd_core.schedule import parse_plan, sigma_to_timestep, warp_sigma
 from asd_core.text import ToyTextEncoder
 from asd_core.toy.domain import caption, sample_video_spec
 from asd_core.vae import SPATIAL_FACTOR, LatentCodec, load_codec, pixels_to_video
 
-from ..loop import RUN_FILE
+from ..run_files import RUN_FILE
+from .base import TEXT_ENCODER_FILE
 from .data import TRAIN_STREAM, read_uncond
 
-TEXT_ENCODER_FILE = "text_encoder.safetensors"
 SAMPLE_COUNT = 2  # sample videos per sample step: prompts 0..1, seeds 0..1, the same at every step
 TEACHER_SAMPLE_PLAN = "20"  # enough Euler steps to judge the teacher, cheap next to a save
 STUDENT_VAE_HINT = "set vae=RUN_DIR_OR_FILE (the VAE the teacher's latents came from) to get sample videos"
@@ -67,17 +67,16 @@ def model_config_of(path: str | Path) -> CausalWanConfig:
     return read_checkpoint(resolve_model_file(str(path))).config
 
 
-def training_plan(spec: str, first_spec: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(first-chunk timesteps, later-chunk timesteps) after the warp; `first_spec` = FFE's longer first plan."""
+def training_plan(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(first-chunk timesteps, later-chunk timesteps) of a plan, after the warp."""
     plan = parse_plan(spec)
-    first = parse_plan(first_spec).first if first_spec else plan.first
-    return tuple(first), tuple(plan.rest)
+    return tuple(plan.first), tuple(plan.rest)
 
 
 def shifted_timesteps(batch: int, generator: torch.Generator, low: float, high: float, shift: float) -> torch.Tensor:
     """(B,) timesteps in [0, 1000]: u ~ U(low, high), warped by `shift` (more time at high noise)."""
     u = low + (high - low) * torch.rand(batch, generator=generator)
-    return torch.tensor([warp_sigma(float(v), shift) * 1000.0 for v in u])
+    return torch.tensor([sigma_to_timestep(warp_sigma(float(v), shift)) for v in u])
 
 
 class PromptSource:

@@ -2,29 +2,23 @@
 
 Networks: the generator (causal student, from the ode_init run), its EMA, the frozen teacher
 (real score, with CFG), the critic (fake score: the teacher's weights, trained with flow
-matching on generated videos) and the ASD discriminator (a light head on the critic's features,
-or the frozen teacher's with disc_backbone=teacher).
+matching on generated videos) and the ASD discriminator D (a light head on the critic's features).
 
 One iteration (Self Forcing's schedule): the generator is rolled out chunk by chunk with its
-own KV cache; the exit step index e ~ U{0..N-1} (or weighted by `exit_weights`) is drawn on
-rank 0 and broadcast. The critic is updated every iteration; the generator every `gen_update_ratio`-th with
-L_DMD + alpha * L_ASD (`asd_weighting=relative`: alpha fixes the ratio of the two gradients'
-norms at the generator's output instead). *(inferred)* ASD's n is the exit step's count, n = e + 1: the
-n-step output (with gradient) is compared against the same rollout taken one step further
-(the (n+1)-step output, no gradient; `asd_real=rollout`: a separate rollout to n+1 steps from
-fresh noise instead); when e is the last step there is no (n+1)-step output and the ASD
-terms are skipped, so n is uniform over {1..N-1} (or over `asd_counts`, when given: ASD's
-terms run at those n only) whenever they run and asd_weight=0 is exactly Self Forcing's DMD.
-Both branches are noised independently (own noise, own timesteps) and scored by D on its
-backbone's features at a few depths; the critic gets no gradient from any ASD term. D's noise
-levels (disc_min_t..disc_max_t) are lower than DMD's: at DMD's mostly-high levels D never told
-the branches apart. D is trained on the same pairs with the relativistic loss plus approximate
-R1 (on the (n+1)-step branch) and R2 (on the n-step branch).
-FFE-aware training (`ffe_first_plan`): chunk 0 is rolled out with its longer plan to its end.
-`exit_plans=per_count`: an n-step exit walks the n-step plan the sampler runs (plan "2" is
-[1000, 833.3]) instead of the first n timesteps of the training plan ([1000, 937.5]), so the
-2-step output trained is the 2-step output users get; ASD's real branch is then the (n+1)-step
-plan's own rollout (`asd_real=same_noise` or `rollout`).
+own KV cache; the exit step index e (n = e + 1 steps) is drawn on rank 0 (uniform, or weighted
+by `exit_weights`) and broadcast. An n-step exit walks the first n timesteps of the training
+plan, on the first chunk too (capped by its plan). The critic is updated every iteration; the
+generator every `gen_update_ratio`-th with L_DMD + alpha * L_ASD (`asd_weighting=relative`:
+alpha fixes the ratio of the two gradients' norms at the generator's output instead).
+*(inferred)* ASD compares the n-step output (with gradient) with the same rollout taken one
+step further (the (n+1)-step output, no gradient). When e is the last step there is no
+(n+1)-step output and the ASD terms are skipped, so they run at n in 1..N-1 (or at
+`asd_counts` only), and asd_weight=0 is exactly Self Forcing's DMD. Both branches are noised
+independently (own noise, own timesteps) at D's noise levels (disc_min_t..disc_max_t, lower
+than DMD's: at DMD's mostly-high levels D never told the branches apart) and scored by D on
+the critic's features at a few depths; the critic gets no gradient from any ASD term. D is
+trained on the same pairs with the relativistic loss plus approximate R1 (on the (n+1)-step
+branch) and R2 (on the n-step branch).
 """
 
 from __future__ import annotations
@@ -34,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from asd_core.checkpoint import save_checkpoint
 from asd_core.discriminator import ASDDiscriminator
 from asd_core.losses import (
     add_noise,
@@ -46,15 +39,14 @@ from asd_core.losses import (
     weigh_at_output,
     x0_from_flow,
 )
-from asd_core.schedule import parse_plan
+from asd_core.schedule import timestep_to_sigma
 
 from .. import dist
-from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
+from ..config import check_distill_networks, distill_asd_counts
 from ..rollout import guided_flow, noise_like, self_forcing_rollout
-from ..state import network_state
+from .base import StepResult, TransformerStage, apply_update, step_seed, update_ema, warmup_scheduler
 from .common import (
     SAMPLE_COUNT,
-    TEXT_ENCODER_FILE,
     PromptSource,
     load_network,
     model_config_of,
@@ -76,7 +68,7 @@ def default_depths(num_layers: int) -> list[int]:
     return sorted({max(0, num_layers // 3 - 1), max(0, 2 * num_layers // 3 - 1), num_layers - 1})
 
 
-class DistillStage(Stage):
+class DistillStage(TransformerStage):
     name = "distill"
 
     def __init__(self, config, runtime):
@@ -84,46 +76,26 @@ class DistillStage(Stage):
         torch.manual_seed(config.seed)
         c = config
         self.frames, self.height, self.width = video_size(c)
-        self.first_steps, self.rest_steps = training_plan(c.plan, c.ffe_first_plan)
+        self.first_steps, self.rest_steps = training_plan(c.plan)
         self.num_steps = len(self.rest_steps)  # N: the training step count of later chunks
-        # per_count: the later chunks' timesteps of an n-step exit, n = 1..N (the sampler's plan "n")
-        self.count_plans = {n: tuple(parse_plan(str(n)).rest) for n in range(1, self.num_steps + 1)}
-        if c.exit_weights and len(c.exit_weights) != self.num_steps:
-            raise ValueError(f"exit_weights {c.exit_weights}: with plan={c.plan!r} (N = {self.num_steps} steps) give "
-                             f"one weight per exit count n = 1..{self.num_steps}")
-        self.asd_counts = set(c.asd_counts or range(1, self.num_steps))
-        if self.asd_counts and max(self.asd_counts) > self.num_steps - 1:
-            raise ValueError(f"asd_counts {sorted(self.asd_counts)}: with plan={c.plan!r} (N = {self.num_steps} steps) "
-                             f"ASD can compare n-step with (n+1)-step outputs for n = 1..{self.num_steps - 1} only")
-        if c.asd_weight > 0 and c.exit_weights and not any(c.exit_weights[n - 1] > 0 for n in self.asd_counts):
-            raise ValueError(f"exit_weights {c.exit_weights} never draw an exit ASD runs at (n in "
-                             f"{sorted(self.asd_counts)}), so asd_weight={c.asd_weight} would train DMD only: "
-                             f"give one of those n a weight > 0, or set asd_weight=0")
+        self.asd_counts = distill_asd_counts(c)
 
         chunk = model_config_of(c.init).chunk_frames
-        if self.frames % chunk:
-            raise ValueError(f"num_frames={self.frames} must be a multiple of the student's chunk_frames={chunk}")
         self.generator = load_network(c.init, chunk_frames=chunk, device=runtime.device, trainable=True)
         self.teacher = load_network(c.teacher, chunk_frames=self.frames, device=runtime.device, trainable=False)
         self.critic = load_network(c.teacher, chunk_frames=self.frames, device=runtime.device, trainable=True)
-        for model in (self.generator, self.critic, self.teacher):  # the teacher: ASD's pass may run through it
+        for model in (self.generator, self.critic, self.teacher):  # the teacher: the real score's CFG passes
             model.gradient_checkpointing = c.gradient_checkpointing
-        self.disc_backbone = self.critic if c.disc_backbone == "critic" else self.teacher
         self.model_config = self.generator.config
         self.prompts = PromptSource(c, c.teacher, runtime.device)
+        self.text_encoder = self.prompts.encoder  # toy runs ship the teacher's encoder beside the student
 
-        layers = self.critic.config.num_layers
+        layers, width = self.critic.config.num_layers, self.critic.config.width
         self.depths = tuple(c.disc_depths or default_depths(layers))
-        if any(not 0 <= d < layers for d in self.depths):
-            raise ValueError(f"disc_depths {list(self.depths)} must index the critic's {layers} blocks")
-        width = self.critic.config.width
-        if c.disc_width and c.disc_width != width:
-            raise ValueError(f"disc_width={c.disc_width} must equal the critic's width {width} (or 0)")
+        check_distill_networks(c, frames=self.frames, chunk_frames=chunk, critic_layers=layers, critic_width=width)
         heads = next(h for h in (4, 2, 1) if width % h == 0)
         self.discriminator = ASDDiscriminator(width, len(self.depths), max(1, self.num_steps - 1),
-                                              num_queries=c.disc_queries, heads=heads,
-                                              context_dim=self.critic.config.text_dim if c.disc_caption else 0,
-                                              ).to(runtime.device)
+                                              num_queries=c.disc_queries, heads=heads).to(runtime.device)
         for module in (self.generator, self.critic, self.discriminator):
             dist.broadcast_module(module, runtime)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False)
@@ -166,10 +138,6 @@ class DistillStage(Stage):
                 "asd.real_cfg": str(self.config.cfg_scale),  # the teacher guidance the student was distilled toward
                 "asd.ema_decay": str(self.config.ema_decay)}  # 0.0: the trained generator itself, no average
 
-    def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": self.export_plan(), "vae": self.vae,
-                "export_metadata": self.export_metadata()}
-
     # -- pieces -----------------------------------------------------------------------------
 
     def draw_exit(self, step: int) -> int:
@@ -192,49 +160,19 @@ class DistillStage(Stage):
                             else (c.dmd_min_t, c.dmd_max_t, c.timestep_shift))
         t = shifted_timesteps(x.shape[0], generator, low, high, shift).to(x.device)
         noise = noise_like(x.shape, generator, x.device)
-        sigma = t / 1000.0
+        sigma = timestep_to_sigma(t)
         return add_noise(x, noise, sigma), t, sigma, noise
-
-    def exit_timesteps(self, exit_rest: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(first chunk's, later chunks') timesteps walked by a rollout exiting at index `exit_rest`
-        on later chunks: the training plan (nested) or the (exit_rest + 1)-step plan (per_count;
-        the first chunk too, unless FFE-aware training gives it its own plan)."""
-        if self.config.exit_plans == "nested":
-            return self.first_steps, self.rest_steps
-        rest = self.count_plans[exit_rest + 1]
-        return (self.first_steps if self.config.ffe_first_plan else rest), rest
-
-    def rollout(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int, generator: torch.Generator, *,
-                grad: bool, one_more_step: bool = False):
-        """The generator rolled out to exit step `exit_rest` on later chunks; the first chunk runs
-        its whole FFE plan (ffe_first_plan) or exits at the same step (capped by its plan)."""
-        c = self.config
-        first_steps, rest_steps = self.exit_timesteps(exit_rest)
-        exit_first = len(first_steps) - 1 if c.ffe_first_plan else min(exit_rest, len(first_steps) - 1)
-        return self_forcing_rollout(
-            self.generator, noise, context, first_steps=first_steps, rest_steps=rest_steps,
-            exit_first=exit_first, exit_rest=exit_rest, generator=generator, grad=grad,
-            one_more_step=one_more_step, context_noise=c.context_noise)
-
-    @torch.no_grad()
-    def separate_rollout(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int,
-                         generator: torch.Generator):
-        """ASD's real branch as its own rollout, exiting at `exit_rest`, no gradient: from fresh
-        noise (asd_real=rollout) or from the n-step branch's `noise` (asd_real=same_noise)."""
-        if self.config.asd_real == "rollout":
-            noise = noise_like(noise.shape, generator, self.runtime.device)
-        return self.rollout(noise, context, exit_rest, generator, grad=False).video
 
     def rollout_pair(self, noise: torch.Tensor, context: torch.Tensor, exit_rest: int, generator: torch.Generator, *,
                      grad: bool, with_real: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(n-step output, ASD's (n+1)-step real sample or None), n = exit_rest + 1, the real one
-        as `asd_real` says: the same rollout one step further, or a separate rollout."""
-        continued = with_real and self.config.asd_real == "continue"
-        rollout = self.rollout(noise, context, exit_rest, generator, grad=grad, one_more_step=continued)
-        if not with_real:
-            return rollout.video, None
-        real = rollout.next_video if continued else self.separate_rollout(noise, context, exit_rest + 1, generator)
-        return rollout.video, real
+        """(n-step output, ASD's (n+1)-step real sample or None), n = exit_rest + 1: the generator
+        rolled out to exit step `exit_rest` on later chunks (the first chunk exits at the same
+        step, capped by its plan), the real sample the same rollout taken one step further."""
+        rollout = self_forcing_rollout(
+            self.generator, noise, context, first_steps=self.first_steps, rest_steps=self.rest_steps,
+            exit_first=min(exit_rest, len(self.first_steps) - 1), exit_rest=exit_rest, generator=generator,
+            grad=grad, one_more_step=with_real, context_noise=self.config.context_noise)
+        return rollout.video, rollout.next_video
 
     def disc_pair(self, fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator):
         """D's input: the n-step (fake) and (n+1)-step (real) outputs, each noised on its own at
@@ -244,17 +182,17 @@ class DistillStage(Stage):
         return torch.cat([fake_t, real_t]), torch.cat([t_fake, t_real])
 
     def disc_features(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
-        """Hidden states at D's depths of its backbone (the critic, or the frozen teacher) for a
-        pair batch from `disc_pair` (2B); `context` (B) is the captions, shared by both halves.
+        """The critic's hidden states at D's depths for a pair batch from `disc_pair` (2B);
+        `context` (B) is the captions, shared by both halves.
 
         One batched pass over both branches: the same arithmetic per sample, half the calls.
         """
-        _, features = self.disc_backbone(x_t, t, torch.cat([context, context]), return_features=self.depths)
+        _, features = self.critic(x_t, t, torch.cat([context, context]), return_features=self.depths)
         return features
 
-    def disc_logits(self, features: list[torch.Tensor], n: int, context: torch.Tensor) -> torch.Tensor:
-        """D's logits (2B,) for a pair batch's features; `context` (B) as for `disc_features`."""
-        return self.discriminator(features, n, torch.cat([context, context]))
+    def disc_logits(self, features: list[torch.Tensor], n: int) -> torch.Tensor:
+        """D's logits (2B,) for a pair batch's features."""
+        return self.discriminator(features, n)
 
     # -- one iteration ----------------------------------------------------------------------
 
@@ -289,11 +227,11 @@ class DistillStage(Stage):
             loss, dmd_logs = dmd_loss(video, real, fake)
             logs.update({"dmd_loss": loss.item(), **dmd_logs})
             if use_asd:
-                # Gradients flow through D's backbone into the n-step half; the critic and D are
+                # Gradients flow through the critic's features into the n-step half; the critic and D are
                 # frozen here (the teacher always is), so none of them gets an ASD gradient.
                 x, t_pair = self.disc_pair(video, next_video.detach(), generator)
                 features = self.disc_features(x, t_pair, context)
-                d_fake, d_real = self.disc_logits(features, n, context).chunk(2)
+                d_fake, d_real = self.disc_logits(features, n).chunk(2)
                 disc_input = (x.detach(), t_pair, [f.detach() for f in features])
                 g_loss = asd_generator_loss(d_fake, d_real)
                 logs["asd_generator_loss"] = g_loss.item()
@@ -314,10 +252,10 @@ class DistillStage(Stage):
                 skipped.append("generator")
 
         # D's step comes before the critic's update: its features and R1/R2's perturbed features
-        # must come from the same backbone weights (across an update the finite difference would
+        # must come from the same critic weights (across an update the finite difference would
         # measure the update, not D's slope). On generator iterations D steps on the pair the ASD
-        # term just read (the backbone has not moved since; the generator's update does not touch
-        # it), which saves a backbone pass; otherwise one batched no-grad pass reads both branches
+        # term just read (the critic has not moved since; the generator's update does not touch
+        # it), which saves a critic pass; otherwise one batched no-grad pass reads both branches
         # (D's noise range differs from the critic's, so the critic's training forward cannot serve).
         sample = video.detach()
         if use_asd:
@@ -345,8 +283,8 @@ class DistillStage(Stage):
         """Relativistic loss ranking the (n+1)-step sample above the n-step one, plus approx R1/R2.
 
         x, t, features: both branches batched, the n-step half first: noised inputs, their
-        timesteps, and D's backbone's features at D's depths taken without a graph (D's
-        parameters get the gradient, never the backbone).
+        timesteps, and the critic's features at D's depths taken without a graph (D's
+        parameters get the gradient, never the critic).
 
         R1 (on the (n+1)-step branch) and R2 (on the n-step one) are finite differences of D's
         logits under a small input perturbation, taken every `r1_every` D steps with their weight
@@ -354,15 +292,15 @@ class DistillStage(Stage):
         """
         c, rt = self.config, self.runtime
         batch = x.shape[0] // 2
-        logits = self.disc_logits(features, n, context)
+        logits = self.disc_logits(features, n)
         d_fake, d_real = logits.chunk(2)
         loss = asd_discriminator_loss(d_fake, d_real)
         logs["logit_gap"] = (d_real - d_fake).mean().item()
         if c.r1_weight > 0 and step % c.r1_every == 0:
             eps = noise_like(x.shape, generator, x.device)
-            with torch.no_grad():  # D's parameters get the gradient, not its backbone
+            with torch.no_grad():  # D's parameters get the gradient, not the critic
                 perturbed = self.disc_features(x + c.r1_sigma * eps, t, context)
-            penalty = finite_difference_penalty(self.disc_logits(perturbed, n, context), logits, c.r1_sigma)
+            penalty = finite_difference_penalty(self.disc_logits(perturbed, n), logits, c.r1_sigma)
             r2, r1 = penalty[:batch].mean(), penalty[batch:].mean()
             logs["r1"], logs["r2"] = r1.item(), r2.item()
             loss = loss + c.r1_weight * c.r1_every * (r1 + r2)
@@ -381,14 +319,3 @@ class DistillStage(Stage):
             return []
         return write_sample_videos(self, self.ema, directory, step, plan=self.export_plan(),
                                    context=self.prompts.contexts(list(range(SAMPLE_COUNT))))
-
-    def export(self, path: Path) -> Path:
-        """The EMA generator with its config and plan: the file the loader node reads."""
-        weights = network_state(self.ema)  # a collective when sharded
-        if not self.runtime.is_main:
-            return path
-        save_checkpoint(path, weights, self.model_config, plan=self.export_plan(),
-                        extra=self.export_metadata())
-        if self.prompts.encoder is not None:
-            self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
-        return path

@@ -19,15 +19,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from asd_core.atomic import atomic_path
-from asd_core.checkpoint import save_checkpoint
 
 from .. import dist
-from ..loop import Stage, StepResult, apply_update, step_seed, update_ema, warmup_scheduler
 from ..rollout import noise_like, predict_x0, teacher_trajectory
-from ..state import network_state
+from .base import StepResult, TransformerStage, apply_update, step_seed, update_ema, warmup_scheduler
 from .common import (
     SAMPLE_COUNT,
-    TEXT_ENCODER_FILE,
     PromptSource,
     load_network,
     sample_codec,
@@ -42,7 +39,7 @@ from .data import rank_indices
 TRAJECTORY_SALT = 7  # step_seed salt of the trajectory noise (distinct from the per-step streams)
 
 
-class OdeInitStage(Stage):
+class OdeInitStage(TransformerStage):
     name = "ode_init"
 
     def __init__(self, config, runtime):
@@ -54,6 +51,7 @@ class OdeInitStage(Stage):
         self.first_steps, self.rest_steps = training_plan(config.plan)
         self.teacher = load_network(config.teacher, chunk_frames=self.frames, device=runtime.device, trainable=False)
         self.prompts = PromptSource(config, config.teacher, runtime.device)
+        self.text_encoder = self.prompts.encoder  # toy runs ship the teacher's encoder beside the student
         self.trajectories = self._load_or_make_trajectories()
 
         self.model = load_network(config.init or config.teacher, chunk_frames=config.chunk_frames,
@@ -117,12 +115,11 @@ class OdeInitStage(Stage):
     def schedulers(self):
         return {"student": self.scheduler}
 
+    def export_plan(self) -> str:
+        return self.config.plan
+
     def export_metadata(self) -> dict[str, str]:
         return {"asd.role": "ode_init"}
-
-    def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": self.config.plan, "vae": self.vae,
-                "export_metadata": self.export_metadata()}
 
     def train_step(self, step: int) -> StepResult:
         c, rt = self.config, self.runtime
@@ -161,12 +158,3 @@ class OdeInitStage(Stage):
             return []
         return write_sample_videos(self, self.ema, directory, step, plan=self.config.plan,
                                    context=self.prompts.contexts(list(range(SAMPLE_COUNT))))
-
-    def export(self, path: Path) -> Path:
-        weights = network_state(self.ema)  # a collective when sharded
-        if not self.runtime.is_main:
-            return path
-        save_checkpoint(path, weights, self.model_config, plan=self.config.plan, extra=self.export_metadata())
-        if self.prompts.encoder is not None:
-            self.prompts.encoder.save(path.parent / TEXT_ENCODER_FILE)
-        return path

@@ -18,22 +18,20 @@ from pathlib import Path
 
 import torch
 
-from asd_core.checkpoint import GUIDANCE_METADATA, save_checkpoint
+from asd_core.checkpoint import GUIDANCE_METADATA
 from asd_core.config import CausalWanConfig
 from asd_core.defaults import toy_model_config
 from asd_core.losses import add_noise, flow_matching_loss
 from asd_core.model import CausalWanTransformer
-from asd_core.schedule import warp_sigma
+from asd_core.schedule import sigma_to_timestep, warp_sigma
 from asd_core.text import ToyTextConfig, ToyTextEncoder
 from asd_core.vae import LatentCodec
 
 from .. import dist
-from ..loop import Stage, StepResult, apply_update, step_seed, update_ema
-from ..state import network_state
+from .base import StepResult, TransformerStage, apply_update, step_seed, update_ema, warmup_scheduler
 from .common import (
     SAMPLE_COUNT,
     TEACHER_SAMPLE_PLAN,
-    TEXT_ENCODER_FILE,
     resolve_model_file,
     sample_codec,
     samples_wanted,
@@ -45,7 +43,7 @@ from .data import VAE_METADATA, LatentShards, encode_pool, rank_indices, read_un
 TEACHER_PLAN = "50"  # the teacher's many-step plan, written into its checkpoint
 
 
-class TeacherStage(Stage):
+class TeacherStage(TransformerStage):
     name = "teacher"
 
     def __init__(self, config, runtime):
@@ -88,9 +86,7 @@ class TeacherStage(Stage):
         if self.text_encoder is not None:
             groups.append({"params": list(self.text_encoder.parameters()), "lr": config.text_lr})
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas), weight_decay=config.weight_decay)
-        warmup = config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+        self.scheduler = warmup_scheduler(self.optimizer, config.warmup_steps)
         self.vae = self._vae_path()
         self.sample_codec = self.codec if config.sample_every else None
         if self.shards is not None:
@@ -117,12 +113,11 @@ class TeacherStage(Stage):
     def schedulers(self):
         return {"teacher": self.scheduler}
 
+    def export_plan(self) -> str:
+        return TEACHER_PLAN
+
     def export_metadata(self) -> dict[str, str]:
         return {"asd.role": "teacher", GUIDANCE_METADATA: str(self.config.sample_cfg)}
-
-    def checkpoint_extra(self):
-        return {"model_config": self.model_config.to_json(), "plan": TEACHER_PLAN, "vae": self.vae,
-                "export_metadata": self.export_metadata()}
 
     def batch(self, indices: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean latents (B, C, F, H, W) and text contexts (B, L, D), each text dropped with p = cfg_dropout."""
@@ -147,7 +142,7 @@ class TeacherStage(Stage):
         sigma = torch.tensor([warp_sigma(float(v), c.timestep_shift) for v in u])
         noise = torch.randn(x0.shape, generator=generator).to(rt.device)
         x_t = add_noise(x0, noise, sigma.to(rt.device))
-        pred = self.model(x_t, (sigma * 1000).to(rt.device), context)
+        pred = self.model(x_t, sigma_to_timestep(sigma).to(rt.device), context)
         loss = flow_matching_loss(pred, x0, noise)
         parameters = [p for module in (self.model, self.text_encoder) if module is not None
                       for p in module.parameters()]
@@ -171,13 +166,3 @@ class TeacherStage(Stage):
             uncond = self.uncond
         return write_sample_videos(self, self.ema, directory, step, plan=TEACHER_SAMPLE_PLAN, context=context,
                                    uncond=uncond, cfg_scale=self.config.sample_cfg)
-
-    def export(self, path: Path) -> Path:
-        """EMA teacher as our checkpoint (config + plan); the toy text encoder beside it when trained."""
-        weights = network_state(self.ema)  # a collective when sharded
-        if not self.runtime.is_main:
-            return path
-        save_checkpoint(path, weights, self.model_config, plan=TEACHER_PLAN, extra=self.export_metadata())
-        if self.text_encoder is not None:
-            self.text_encoder.save(path.parent / TEXT_ENCODER_FILE)
-        return path

@@ -21,7 +21,7 @@ from asd_core.toy.domain import BACKGROUND_RGB, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from asd_core.vae import LatentCodec, tiny_vae_config
 
 from .. import dist
-from ..loop import Stage, StepResult, apply_update, step_seed
+from .base import Stage, StepResult, apply_update, step_seed, warmup_scheduler
 from .common import resolve_model_file
 from .data import pixel_batch, rank_indices
 
@@ -53,7 +53,7 @@ class VaeStage(Stage):
             self.vae.quant_conv.requires_grad_(False)
         self.trainable = [p for p in self.vae.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, betas=tuple(config.betas))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.scheduler = warmup_scheduler(self.optimizer, 0)  # a constant rate
         self.height = config.latent_height * 8 or DEFAULT_HEIGHT
         self.width = config.latent_width * 8 or DEFAULT_WIDTH
 

@@ -1,4 +1,4 @@
-"""Key figures of finished runs, from their TensorBoard logs: `python -m trainer.log_figures RUN [RUN ...]`.
+"""Key figures of finished runs, from their TensorBoard logs: `python -m research.log_figures RUN [RUN ...]`.
 
 Prints one markdown table: per run its stage, steps, seconds per step (from the run's
 summary.json: the last part when it was resumed), and for each chosen scalar the mean over
@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from trainer.run_files import RUN_FILE, SUMMARY_FILE
 
 # The scalars worth a line per stage (others are in TensorBoard).
 KEY_SCALARS = {
@@ -49,8 +51,6 @@ def first_last(points: np.ndarray) -> tuple[float, float]:
 
 
 def run_rows(run: Path) -> list[str]:
-    from .loop import RUN_FILE, SUMMARY_FILE
-
     config = json.loads((run / RUN_FILE).read_text())["config"]
     stage = config["stage"]
     summary = json.loads((run / SUMMARY_FILE).read_text()) if (run / SUMMARY_FILE).is_file() else {}
@@ -65,11 +65,9 @@ def run_rows(run: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.log_figures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m research.log_figures", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (with run.json and tensorboard/)")
     args = parser.parse_args(argv)
-    from .loop import RUN_FILE
-
     not_runs = [run for run in args.runs if not (Path(run) / RUN_FILE).is_file()]
     if not_runs:  # e.g. a shell glob that also caught the runs' log files
         parser.error(f"not a run directory (no {RUN_FILE}): {', '.join(not_runs)}; give the runs' out_dir folders")

@@ -1,12 +1,13 @@
 """Can an ASD discriminator tell a student's n-step outputs from its (n+1)-step ones?
 
-    python -m trainer.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
+    python -m research.disc_probe --teacher RUN --student RUN_OR_FILE [--min-t 0.02 --max-t 0.4 ...]
 
 A diagnostic for the distill stage: the student is frozen, its rollout pairs (n-step output,
 ASD's (n+1)-step real sample, by default the same rollout one step further) are made once with
 the trainer's own rollout, and the distill stage's fresh D is trained on them by the stage's
-own D step (its head, relativistic loss, R1/R2, optimizer) with `disc_backbone=teacher`
-(frozen) at the chosen noise levels, then scored on held-out pairs.
+own D step (its head, relativistic loss, R1/R2, optimizer) at the chosen noise levels, then
+scored on held-out pairs. D reads the stage's critic, which the probe never trains: it keeps the
+teacher's weights, so D's features stay fixed.
 Prints one JSON line: held-out accuracy (how often D ranks the (n+1)-step branch higher; 0.5
 is chance) and the mean logit gap. docs/results.md's "The discriminator" figures come from it.
 
@@ -24,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from . import dist
-from .config import load_config
-from .rollout import noise_like
+from trainer import dist
+from trainer.config import load_config
+from trainer.rollout import noise_like
+from trainer.stages.distill import DistillStage
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "toy" / "distill.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "toy" / "distill.yaml"
 
 
 def rollout_pairs(stage, batches: int, batch_size: int, generator: torch.Generator) -> list[tuple]:
@@ -40,8 +42,7 @@ def rollout_pairs(stage, batches: int, batch_size: int, generator: torch.Generat
             shape = (batch_size, stage.generator.config.in_channels, stage.frames, stage.height, stage.width)
             noise = noise_like(shape, generator, stage.runtime.device)
             exit_step = b % (stage.num_steps - 1)
-            # The stage's own pair, so --set ffe_first_plan=... / context_noise=... / exit_plans=... /
-            # asd_real=... shape the pairs as in training.
+            # The stage's own pair, so --set context_noise=... / plan=... shape the pairs as in training.
             video, real = stage.rollout_pair(noise, context, exit_step, generator, grad=False, with_real=True)
             pairs.append((video, real, exit_step + 1, context))
     return pairs
@@ -65,14 +66,14 @@ def score(stage, pairs, generator: torch.Generator, repeats: int = 3) -> tuple[f
     for _ in range(repeats):
         for fake, real, n, context in pairs:
             x, t = stage.disc_pair(fake, real, generator)
-            d_fake, d_real = stage.disc_logits(stage.disc_features(x, t, context), n, context).chunk(2)
+            d_fake, d_real = stage.disc_logits(stage.disc_features(x, t, context), n).chunk(2)
             wins += (d_real > d_fake).float().tolist()
             gaps += (d_real - d_fake).tolist()
     return sum(wins) / len(wins), sum(gaps) / len(gaps)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.disc_probe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m research.disc_probe", description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, help="the teacher run (or file) the student was distilled from")
     p.add_argument("--student", required=True, help="the student run or file whose pairs are probed")
     p.add_argument("--config", default=str(CONFIG), help="distill config giving plan, video size and depths")
@@ -91,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .stages.distill import DistillStage
-
     args = build_parser().parse_args(argv)
     if not 0 <= args.min_t <= args.max_t <= 1:
         print(f"error: need 0 <= --min-t <= --max-t <= 1, got {args.min_t}, {args.max_t}", file=sys.stderr)
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, [
             f"teacher={args.teacher}", f"init={args.student}", "asd_weight=1", "out_dir=unused", "device=cpu",
-            "disc_backbone=teacher", f"disc_min_t={args.min_t}", f"disc_max_t={args.max_t}",
+            f"disc_min_t={args.min_t}", f"disc_max_t={args.max_t}",
             f"disc_timestep_shift={args.shift}", f"lr_discriminator={args.lr}", f"r1_weight={args.r1_weight}",
             f"r1_every={args.r1_every}", f"r1_sigma={args.r1_sigma}", f"seed={args.seed}", *args.set])
         stage = DistillStage(config, dist.init_runtime("cpu"))

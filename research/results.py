@@ -1,4 +1,4 @@
-"""Table 2 of the paper on the toy domain: `python -m trainer.results --num 64 --seeds 0 1 2`.
+"""Table 2 of the paper on the toy domain: `python -m research.results --num 64 --seeds 0 1 2`.
 
 Rows: the domain's real videos (and after the VAE round trip), the many-step teacher at CFG 3
 and at CFG 1.5 (its best), and the ASD (alpha > 0) and DMD-only (alpha = 0) students distilled
@@ -140,7 +140,7 @@ def merge(parts: list[dict], weights: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.results", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m research.results", description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="folder with the five shipped files")
