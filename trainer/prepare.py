@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from asd_core.atomic import save_safetensors
-from asd_core.cli.generate import device_and_dtype
+from asd_core.devices import resolve_device, resolve_dtype
 from asd_core.vae import SPATIAL_FACTOR, latent_frames_for, load_codec, video_to_pixels
 from asd_core.video_io import FFMPEG_READ_EXTENSIONS, PILLOW_READ_EXTENSIONS, read_video
 
@@ -195,7 +195,8 @@ def prepare_latents(args: argparse.Namespace) -> str:
     for flag, value in (("--vae", args.vae), ("--text-encoder", args.text_encoder)):
         if not Path(value).exists():  # before anything loads: a typo should cost nothing
             raise FileNotFoundError(f"{flag} {value}: no such file or folder")
-    device, dtype = device_and_dtype(args.device, "auto")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device)
     vae = str(Path(vae_source(args.vae)).resolve())
     codec = load_codec(vae, device=device)
     encoder = load_text_encoder(args.text_encoder, device, dtype)
@@ -253,7 +254,8 @@ def prepare_prompts(args: argparse.Namespace) -> str:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     uncond_out = Path(args.uncond_out) if args.uncond_out else out.with_name(f"{out.stem}_uncond.safetensors")
-    encoder = load_text_encoder(args.text_encoder, *device_and_dtype(args.device, "auto"))
+    device = resolve_device(args.device)
+    encoder = load_text_encoder(args.text_encoder, device, resolve_dtype("auto", device))
     pieces = []
     with tqdm(total=len(prompts), desc="encode prompts", unit="prompt", dynamic_ncols=True, file=sys.stderr) as bar:
         for start in range(0, len(prompts), args.batch_size):
