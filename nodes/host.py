@@ -9,6 +9,7 @@ imports and runs: CPU device, no progress bar, no interrupts, model folders from
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 
@@ -35,13 +36,39 @@ def in_comfyui() -> bool:
 
 
 def register_model_folder() -> None:
-    """Add `models/asd_models` to ComfyUI's folder registry (once); users may add more via extra_model_paths.yaml."""
+    """Add `models/asd_models` to ComfyUI's folder registry (once) and create the folder.
+
+    The folder is made on registration (the pack's import, i.e. ComfyUI's start) so users
+    find where checkpoints go before the first run, as the README says. ComfyUI's models
+    dir may be read-only (a shared or packaged install): then nothing is created, the
+    registry entry still stands and `models/diffusion_models` or extra_model_paths.yaml
+    serve instead; a log line says so. Users may add more folders via extra_model_paths.yaml.
+    """
     folder_paths = _optional_module("folder_paths")
     if folder_paths is None:
         return
-    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
-        path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+    path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    registry = folder_paths.folder_names_and_paths
+    if MODEL_FOLDER not in registry:
+        registry[MODEL_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+    elif path not in registry[MODEL_FOLDER][0]:
+        # extra_model_paths.yaml (read before custom nodes load) named the key first: keep its
+        # folders and add the default one the README and the node tooltips point to.
+        registry[MODEL_FOLDER][0].append(path)
+    else:
+        return
+    _make_model_folder(path)
+
+
+def _make_model_folder(path: str) -> None:
+    """Create `path` inside ComfyUI's existing models dir; never its parents, never an error."""
+    if os.path.isdir(path):
+        return
+    try:
+        os.mkdir(path)
+    except OSError as err:  # read-only models dir, a file in the way, ...
+        logging.getLogger(__name__).warning(
+            "ASD: could not create %s (%s); put checkpoints in models/%s instead", path, err, CORE_MODEL_FOLDER)
 
 
 def _fallback_dirs() -> list[Path]:

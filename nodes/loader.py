@@ -106,7 +106,7 @@ class ASDModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": ([BUILTIN, *host.list_model_files()], {
+                "model_file": ([BUILTIN, *host.list_model_files()], {
                     "tooltip": f"Checkpoint from models/{host.MODEL_FOLDER} or models/diffusion_models, "
                                f"or {BUILTIN} (no download needed).",
                 }),
@@ -114,13 +114,13 @@ class ASDModelLoader:
             }
         }
 
-    def load(self, ckpt_name: str, dtype: str):
+    def load(self, model_file: str, dtype: str):
         torch_dtype = resolve_dtype(dtype)
-        if ckpt_name == BUILTIN:
+        if model_file == BUILTIN:
             pipeline = default_pipeline(torch_dtype)
             return _result(AsdModel(model=pipeline.model, label=f"built-in default ({pipeline.label})", pipeline=pipeline))
-        path = host.resolve_model_file(ckpt_name)
-        return _result(load_asd_model(path, torch_dtype, label=ckpt_name))
+        path = host.resolve_model_file(model_file)
+        return _result(load_asd_model(path, torch_dtype, label=model_file))
 
 
 class ASDHubDownloadLoader:

@@ -19,6 +19,17 @@ from .preview import ChunkPreviewer
 PIXELS_PER_LATENT = 8  # Wan 2.1 VAE: 8x spatial
 FRAMES_PER_LATENT = 4  # Wan 2.1 VAE: 4x temporal, plus the first frame on its own
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+# The frames widget's grid. ComfyUI's frontend snaps an INT widget to min + k*step (offset
+# min % step), so min 9 and step 12 offer exactly 4*(3n - 1) + 1 = 12n - 3 frames: 3n latent
+# frames, whole chunks of 3 (every released causal Wan 1.3B checkpoint and the built-in
+# default) and of 1 (frame-wise). Step 4 offered 1 + 4k, two of every three failing for
+# chunks of 3. Rounding requests in the sampler instead would silently change the length
+# asked for; API prompts off the grid get the validator's message with the nearest counts.
+FRAMES_CHUNK = 3
+FRAMES_STEP = FRAMES_PER_LATENT * FRAMES_CHUNK  # 12
+FRAMES_MIN = FRAMES_PER_LATENT * (FRAMES_CHUNK - 1) + 1  # 9: one chunk of 3
+FRAMES_DEFAULT = FRAMES_MIN + FRAMES_STEP  # 21: two chunks
+FRAMES_MAX = FRAMES_MIN + (4097 - FRAMES_MIN) // FRAMES_STEP * FRAMES_STEP  # 4089: the last grid value <= 4097
 
 
 def latent_frames_for(frames: int) -> int:
@@ -136,9 +147,11 @@ class ASDCausalSampler:
                     "tooltip": "Noise seed; sample i of a batch uses seed + i, so each video depends only on its seed.",
                 }),
                 "frames": ("INT", {
-                    "default": 21, "min": 1, "max": 4097, "step": 4,
-                    "tooltip": "Video length in pixel frames: 1 + 4*k, and the 1 + k latent frames must fill whole "
-                               "chunks (Wan 1.3B chunks of 3: 9, 21, 33, ..., 81).",
+                    "default": FRAMES_DEFAULT, "min": FRAMES_MIN, "max": FRAMES_MAX, "step": FRAMES_STEP,
+                    "tooltip": "Video length in pixel frames. The widget steps through 9, 21, 33, ..., 81, ...: "
+                               "1 + 4*k frames whose 1 + k latent frames fill whole chunks of 3 (Wan 1.3B, "
+                               "Self Forcing, the built-in default) and also suit frame-wise sampling "
+                               "(chunk_frames 1). Other chunk sizes: the error names the nearest valid counts.",
                 }),
                 "width": ("INT", {"default": 64, "min": 16, "max": 4096, "step": 16,
                                   "tooltip": "Width in pixels, a multiple of 16 (Wan: 832)."}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from . import host
 from .loader import default_pipeline
 from .sampler import FRAMES_PER_LATENT, PIXELS_PER_LATENT
 
@@ -72,12 +73,16 @@ class ASDDecode:
         from ..asd_core.vae import from_raw
 
         samples = _video_latent(latent, "latent")
-        codec = default_pipeline().codec
+        pipeline = default_pipeline()
         latents = from_raw(samples)
-        chunk = default_pipeline().model.config.chunk_frames
-        stream = codec.decode_stream()  # chunk by chunk: the VAE's causal cache carries across
-        pieces = [stream.push(latents[:, :, start : start + chunk]) for start in range(0, latents.shape[2], chunk)]
-        stream.close()
+        spans = _chunk_spans(latents.shape[2], pipeline.model.config.chunk_frames)
+        progress = host.Progress(len(spans))
+        pieces = []
+        with pipeline.codec.decode_stream() as stream:  # the VAE's causal cache carries across chunks
+            for done, (start, stop) in enumerate(spans, start=1):
+                host.check_interrupted()  # Cancel between chunks; ComfyUI's exception propagates as is
+                pieces.append(stream.push(latents[:, :, start:stop]))
+                progress.update(done)  # inside ComfyUI also an interrupt point
         return (_images_from_video(torch.cat(pieces, dim=2)),)
 
 
@@ -122,10 +127,9 @@ class ASDEncodeVideoPrefix:
         usable = (usable - 1) // FRAMES_PER_LATENT * FRAMES_PER_LATENT + 1
         frames = images[count - usable :]
         video = rearrange(frames.float() * 2 - 1, "f h w c -> 1 c f h w")
-        codec = default_pipeline().codec
-        with torch.no_grad():
-            latents = codec.encode(video)  # (1, 16, T, H/8, W/8), normalised
-        samples = to_raw(latents).float().cpu()
+        pipeline = default_pipeline()
+        latents = _encode_in_chunks(pipeline.codec, video, pipeline.model.config.chunk_frames)
+        samples = to_raw(latents).float().cpu()  # (1, 16, T, H/8, W/8)
         assert samples.shape[3:] == (height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT)
         return ({"samples": samples},)
 
@@ -137,3 +141,42 @@ def _video_latent(latent, name: str) -> torch.Tensor:
     if samples.ndim != 5:
         raise ValueError(f"{name} must be a video latent [B, 16, T, H/8, W/8], got shape {tuple(samples.shape)}")
     return samples
+
+
+def _chunk_spans(latent_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """[start, stop) latent-frame ranges of `chunk_frames` each (the last may be shorter)."""
+    step = max(1, chunk_frames)
+    return [(start, min(start + step, latent_frames)) for start in range(0, latent_frames, step)]
+
+
+@torch.no_grad()
+def _encode_in_chunks(codec, video: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """`codec.encode(video)` (the posterior mode, normalised), one model chunk at a time.
+
+    diffusers' `encode()` runs the whole clip in one call, so a long prefix gave no progress
+    and could not be cancelled. This walks the same causal encoder the same way it does
+    (the first frame alone, then 4 frames per latent frame, one feature cache carried
+    across; checked equal to `codec.encode` in tests), ticking ComfyUI's progress bar and
+    looking at Cancel once per chunk of `chunk_frames` latent frames.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify
+
+    vae = codec.vae
+    x = video.to(codec.device, codec.dtype)
+    if vae.config.patch_size is not None:
+        x = patchify(x, patch_size=vae.config.patch_size)
+    latent_frames = (x.shape[2] - 1) // FRAMES_PER_LATENT + 1
+    feat_cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.encoder.modules())
+    spans = _chunk_spans(latent_frames, chunk_frames)
+    progress = host.Progress(len(spans))
+    pieces = []
+    for done, (start, stop) in enumerate(spans, start=1):
+        host.check_interrupted()  # Cancel between chunks; ComfyUI's exception propagates as is
+        for index in range(start, stop):
+            first = 0 if index == 0 else 1 + FRAMES_PER_LATENT * (index - 1)
+            last = 1 + FRAMES_PER_LATENT * index
+            pieces.append(vae.encoder(x[:, :, first:last], feat_cache=feat_cache, feat_idx=[0]))
+        progress.update(done)  # inside ComfyUI also an interrupt point
+    moments = vae.quant_conv(torch.cat(pieces, dim=2))
+    mean = moments[:, : codec.latent_channels]  # the posterior's mode: its mean half
+    return codec.from_raw(mean.float())

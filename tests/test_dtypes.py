@@ -100,7 +100,7 @@ def run_node(node: str, **kwargs):
 
 def builtin_chain(dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Loader -> text encode -> scheduler -> sampler -> decode -> prefix encode -> sampler again."""
-    model, _ = run_node("ASDModelLoader", ckpt_name="(built-in default)", dtype=dtype)
+    model, _ = run_node("ASDModelLoader", model_file="(built-in default)", dtype=dtype)
     (cond,) = run_node("ASDTextEncode", text="a red circle and a blue square")
     plan, _ = run_node("ASDStepScheduler", steps=1, first_chunk_steps=4, shift=5.0, spec="")
     sampler = dict(model=model, plan=plan, positive=cond, seed=4, frames=21, width=64, height=64, batch_size=1,
@@ -142,7 +142,7 @@ def wan_file(tmp_path, monkeypatch):
 
 def wan_chain(name: str, dtype: str) -> torch.Tensor:
     """Loader -> sampler with a float32 CONDITIONING, as core CLIPTextEncode gives it."""
-    model, _ = run_node("ASDModelLoader", ckpt_name=name, dtype=dtype)
+    model, _ = run_node("ASDModelLoader", model_file=name, dtype=dtype)
     cond = [[torch.randn(1, 12, 32, generator=torch.Generator().manual_seed(6)), {}]]
     plan, _ = run_node("ASDStepScheduler", steps=2, first_chunk_steps=4, shift=5.0, spec="")
     (latent,) = run_node("ASDCausalSampler", model=model, plan=plan, positive=cond, seed=1, frames=21, width=32,

@@ -177,9 +177,9 @@ def test_loader_lists_and_loads_our_checkpoint_and_shows_its_plan(model_dir):
     config = core_config.tiny_config()
     weights = tiny_weights(config)
     core("checkpoint").save_checkpoint(model_dir / "sub" / "tiny.safetensors", weights, config, plan="2*")
-    choices = MAPPINGS["ASDModelLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
+    choices = MAPPINGS["ASDModelLoader"].INPUT_TYPES()["required"]["model_file"][0]
     assert choices == ["(built-in default)", "sub/tiny.safetensors"]
-    (asd_model, info), ui = run("ASDModelLoader", ckpt_name="sub/tiny.safetensors", dtype="auto")
+    (asd_model, info), ui = run("ASDModelLoader", model_file="sub/tiny.safetensors", dtype="auto")
     assert ui["text"] == [info] and "trained plan: 2*" in info and "sub/tiny.safetensors" in info
     assert asd_model.model.dtype == torch.float32  # auto on a CPU
     for key, value in asd_model.model.state_dict().items():
@@ -192,7 +192,7 @@ def test_loader_reads_a_self_forcing_pt_as_released(model_dir):
     wan = core("layouts").diffusers_to_wan(weights)
     torch.save({"generator": {f"model.{k}": v + 1 for k, v in wan.items()},
                 "generator_ema": {f"model.{k}": v for k, v in wan.items()}}, model_dir / "self_forcing_dmd.pt")
-    (asd_model, info), _ = run("ASDModelLoader", ckpt_name="self_forcing_dmd.pt", dtype="bfloat16")
+    (asd_model, info), _ = run("ASDModelLoader", model_file="self_forcing_dmd.pt", dtype="bfloat16")
     assert "file layout: self_forcing" in info and "not recorded" in info
     state = asd_model.model.state_dict()
     assert state["proj_out.weight"].dtype == torch.bfloat16
@@ -202,9 +202,9 @@ def test_loader_reads_a_self_forcing_pt_as_released(model_dir):
 def test_loader_bad_files_say_what_is_wrong(model_dir):
     (model_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(ValueError, match="broken.safetensors"):
-        run("ASDModelLoader", ckpt_name="broken.safetensors", dtype="float32")
+        run("ASDModelLoader", model_file="broken.safetensors", dtype="float32")
     with pytest.raises(ValueError, match=r"not found; put it in one of: .*" + str(model_dir.name)):
-        run("ASDModelLoader", ckpt_name="missing.safetensors", dtype="float32")
+        run("ASDModelLoader", model_file="missing.safetensors", dtype="float32")
 
 
 # --- hub download (offline, through huggingface-hub's real code path) ---------------------
@@ -476,7 +476,7 @@ def test_repeated_runs_do_not_grow_memory(tiny):
 
 @pytest.fixture(scope="module")
 def builtin():
-    (asd_model, info), ui = run("ASDModelLoader", ckpt_name="(built-in default)", dtype="auto")
+    (asd_model, info), ui = run("ASDModelLoader", model_file="(built-in default)", dtype="auto")
     return asd_model, info
 
 
@@ -527,3 +527,148 @@ def test_prefix_encode_rejects_sizes_the_vae_cannot_take():
         run("ASDEncodeVideoPrefix", images=torch.zeros(5, 40, 50, 3), last_frames=0)
     with pytest.raises(ValueError, match=r"IMAGE \[frames, height, width, 3\]"):
         run("ASDEncodeVideoPrefix", images=torch.zeros(5, 64, 64), last_frames=0)
+
+
+def _decoder_calls(codec, part: str) -> tuple[list, object]:
+    """Count calls of the built-in VAE's encoder or decoder (one per latent frame)."""
+    calls = []
+    handle = getattr(codec.vae, part).register_forward_pre_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def test_decode_ticks_progress_per_chunk_and_cancels_between_chunks(builtin, fake_comfy):
+    """109 s for a 393-frame decode with no progress and no Cancel: now one tick and one Cancel check per chunk."""
+    codec = loader_mod.default_pipeline().codec
+    chunk = loader_mod.default_pipeline().model.config.chunk_frames  # 3
+    samples = core("vae").to_raw(torch.randn(1, 16, 2 * chunk + 1, 8, 8, generator=torch.Generator().manual_seed(4)))
+    (plain,), _ = run("ASDDecode", latent={"samples": samples})
+
+    fake = fake_comfy()
+    (images,), _ = run("ASDDecode", latent={"samples": samples})
+    assert torch.equal(images, plain)  # chunking and progress change nothing in the frames
+    assert fake.totals == [3] and [(v, t) for v, t, _ in fake.updates] == [(1, 3), (2, 3), (3, 3)]
+    assert fake.checks == 3
+
+    fake = fake_comfy(interrupt_after=1)  # Cancel pressed while the first chunk decodes
+    calls, handle = _decoder_calls(codec, "decoder")
+    try:
+        with pytest.raises(fake.Interrupt):  # ComfyUI's own exception, not wrapped
+            run("ASDDecode", latent={"samples": samples})
+    finally:
+        handle.remove()
+    assert len(calls) == chunk and [v for v, _, _ in fake.updates] == [1]
+
+
+def test_prefix_encode_ticks_progress_per_chunk_and_cancels_between_chunks(builtin, fake_comfy):
+    codec = loader_mod.default_pipeline().codec
+    images = torch.rand(4 * 6 + 1, 64, 64, 3, generator=torch.Generator().manual_seed(5))  # 7 latent frames
+    with torch.no_grad():
+        expected = core("vae").to_raw(codec.encode(images.permute(3, 0, 1, 2)[None] * 2 - 1))
+
+    fake = fake_comfy()
+    (prefix,), _ = run("ASDEncodeVideoPrefix", images=images, last_frames=0)
+    assert torch.equal(prefix["samples"], expected)  # the same causal pass as the codec's one-call encode
+    assert fake.totals == [3] and [(v, t) for v, t, _ in fake.updates] == [(1, 3), (2, 3), (3, 3)]
+    assert fake.checks == 3
+
+    fake = fake_comfy(interrupt_after=2)  # Cancel pressed during the second chunk
+    calls, handle = _decoder_calls(codec, "encoder")
+    try:
+        with pytest.raises(fake.Interrupt):
+            run("ASDEncodeVideoPrefix", images=images, last_frames=0)
+    finally:
+        handle.remove()
+    assert len(calls) == 6 and [v for v, _, _ in fake.updates] == [1, 2]
+
+
+# --- model folder, loader input name, frames widget ------------------------------------------
+
+
+def fake_folder_paths(models_dir: Path, registered: dict | None = None) -> types.ModuleType:
+    """ComfyUI's `folder_paths` as far as the pack uses it at registration."""
+    module = types.ModuleType("folder_paths")
+    module.models_dir = str(models_dir)
+    module.supported_pt_extensions = {".safetensors", ".pt"}
+    module.folder_names_and_paths = dict(registered or {})
+    return module
+
+
+def test_model_folder_is_created_when_the_pack_registers(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    folder_paths = fake_folder_paths(models)
+    monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
+    host.register_model_folder()
+    assert (models / "asd_models").is_dir()
+    assert folder_paths.folder_names_and_paths["asd_models"][0] == [str(models / "asd_models")]
+
+    # extra_model_paths.yaml named the key first: its folder stays, the default one is added and made
+    other = fake_folder_paths(tmp_path / "models2", {"asd_models": (["/elsewhere/asd"], set())})
+    (tmp_path / "models2").mkdir()
+    monkeypatch.setitem(sys.modules, "folder_paths", other)
+    host.register_model_folder()
+    assert other.folder_names_and_paths["asd_models"][0] == ["/elsewhere/asd", str(tmp_path / "models2" / "asd_models")]
+    assert (tmp_path / "models2" / "asd_models").is_dir()
+
+
+def test_model_folder_not_writable_is_no_error(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the models dir would be")  # mkdir fails here even for root
+    folder_paths = fake_folder_paths(blocker)
+    monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
+    host.register_model_folder()  # no exception: ComfyUI must still start
+    assert "asd_models" in folder_paths.folder_names_and_paths
+    assert "could not create" in caplog.text and "diffusion_models" in caplog.text
+
+
+def test_pack_start_creates_the_model_folder(tmp_path):
+    """What ComfyUI's start does: import the pack with its `folder_paths` importable."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "folder_paths.py").write_text(
+        f"models_dir = {str(tmp_path / 'models')!r}\nsupported_pt_extensions = {{'.safetensors'}}\n"
+        "folder_names_and_paths = {}\n"
+    )
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import comfy_executor; comfy_executor.load_pack()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "models" / "asd_models").is_dir()
+
+
+def test_no_input_is_named_ckpt_name():
+    """Frontend 1.27 fails to draw any node with a `ckpt_name` input unless `spandrel` is installed."""
+    for name, cls in MAPPINGS.items():
+        for section in cls.INPUT_TYPES().values():
+            assert "ckpt_name" not in section, name
+    assert "model_file" in MAPPINGS["ASDModelLoader"].INPUT_TYPES()["required"]
+
+
+def frontend_int_values(options: dict, count: int) -> list[int]:
+    """The first `count` values ComfyUI's frontend lets an INT widget hold.
+
+    Its INT widget snaps every value to round((v - offset) / step) * step + offset with
+    offset = min % step (and the arrows move by step), so the grid is min + k * step.
+    """
+    step, low = options.get("step", 1), options["min"]
+    offset = low % step
+
+    def snap(v):
+        return round((v - offset) / step) * step + offset
+
+    values = sorted({snap(v) for v in range(low, low + step * count)})
+    return [v for v in values if low <= v <= options["max"]][:count]
+
+
+def fills_whole_chunks(frames: int, chunk: int) -> bool:
+    return (frames - 1) % 4 == 0 and ((frames - 1) // 4 + 1) % chunk == 0
+
+
+def test_every_frames_value_the_widget_offers_fills_whole_chunks():
+    options = MAPPINGS["ASDCausalSampler"].INPUT_TYPES()["required"]["frames"][1]
+    values = frontend_int_values(options, 40)
+    assert values[:4] == [9, 21, 33, 45] and 81 in values
+    for chunk in (3, 1):  # Wan 1.3B / Self Forcing / the built-in default; frame-wise
+        assert [v for v in values if not fills_whole_chunks(v, chunk)] == [], chunk
+    assert options["default"] in values and fills_whole_chunks(options["max"], 3)

@@ -161,3 +161,115 @@ def test_executor_refuses_what_comfyui_refuses():
     no_output = {k: v for k, v in prompt.items() if v["class_type"] not in ("SaveVideo", "PreviewAny")}
     with pytest.raises(comfy_executor.PromptError, match="no output node"):
         executor.validate(no_output)
+
+
+# --- seeds, model downloads, frame rates -----------------------------------------------------
+
+
+def ui(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def ui_nodes(workflow: dict, kind: str) -> list[dict]:
+    return [n for n in workflow["nodes"] if n["type"] == kind]
+
+
+def seed_control(node: dict) -> str:
+    """The control_after_generate word next to a sampler's seed (its widget slots: seed, control, ...)."""
+    assert node["widgets_values"][1] in ("fixed", "increment", "decrement", "randomize")
+    return node["widgets_values"][1]
+
+
+@pytest.mark.parametrize("name", ["asd_t2v_default_1star.json", "asd_wan2.1_1.3b_causal.json",
+                                  "asd_continue_video.json"])
+def test_sample_workflows_draw_a_new_seed_after_every_run(name):
+    workflow = ui(name)
+    (sampler,) = ui_nodes(workflow, "ASDCausalSampler")
+    assert seed_control(sampler) == "randomize"
+
+
+def test_compare_workflow_feeds_one_randomized_seed_to_all_three_samplers():
+    """The comparison needs the same noise under every plan: one seed source, new after every Run."""
+    workflow = ui("asd_compare_1star_2star_4.json")
+    (primitive,) = ui_nodes(workflow, "PrimitiveNode")
+    assert primitive["widgets_values"][1] == "randomize" and primitive["outputs"][0]["widget"] == {"name": "seed"}
+    samplers = ui_nodes(workflow, "ASDCausalSampler")
+    links = {link[0]: link for link in workflow["links"]}
+    fed = set()
+    for sampler in samplers:
+        (seed_input,) = [i for i in sampler["inputs"] if i["name"] == "seed"]
+        assert seed_input["widget"] == {"name": "seed"}
+        link = links[seed_input["link"]]
+        assert link[1] == primitive["id"] and link[3] == sampler["id"]
+        assert link[4] == sampler["inputs"].index(seed_input)
+        assert sampler["widgets_values"][0] == primitive["widgets_values"][0]  # as the frontend shows it
+        fed.add(sampler["id"])
+    assert len(fed) == 3 and sorted(primitive["outputs"][0]["links"]) == sorted(
+        i["link"] for s in samplers for i in s["inputs"] if i["name"] == "seed")
+    prompt = convert("asd_compare_1star_2star_4.json")  # the primitive is UI-only: its value lands in each sampler
+    assert {prompt[s]["inputs"]["seed"] for s in by_class(prompt, "ASDCausalSampler")} == {primitive["widgets_values"][0]}
+    (note,) = ui_nodes(workflow, "MarkdownNote")
+    assert "one seed" in note["widgets_values"][0].lower() and "on purpose" in note["widgets_values"][0]
+
+
+REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+
+
+def test_wan_workflow_links_its_model_files_for_the_frontend_to_download():
+    """ComfyUI's frontend reads `models` ({name, url, directory}) at the top level and in a node's
+    properties, and offers a missing file for download when its url is on huggingface.co and its
+    name ends in .safetensors; `directory` must be one of ComfyUI's model folder keys."""
+    workflow = ui("asd_wan2.1_1.3b_causal.json")
+    expected = {
+        "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "CLIPLoader", "clip_name"),
+        "wan_2.1_vae.safetensors": ("vae", "VAELoader", "vae_name"),
+    }
+    assert sorted(m["name"] for m in workflow["models"]) == sorted(expected)
+    prompt = convert("asd_wan2.1_1.3b_causal.json")
+    for model in workflow["models"]:
+        directory, kind, widget = expected[model["name"]]
+        assert model["directory"] == directory
+        assert model["url"].startswith(REPACKAGED + directory + "/" + model["name"])
+        (node,) = ui_nodes(workflow, kind)
+        assert node["properties"]["models"] == [model]  # the per-node form ComfyUI's templates use
+        (node_id,) = by_class(prompt, kind)
+        assert prompt[node_id]["inputs"][widget] == model["name"]  # the file the node loads is the one linked
+
+
+def test_wan_workflow_saves_at_16_fps_and_its_note_says_where_each_file_goes():
+    prompt = convert("asd_wan2.1_1.3b_causal.json")
+    (video,) = by_class(prompt, "CreateVideo")
+    assert prompt[video]["inputs"]["fps"] == 16.0
+    workflow = ui("asd_wan2.1_1.3b_causal.json")
+    (note,) = ui_nodes(workflow, "MarkdownNote")
+    text = note["widgets_values"][0]
+    for folder, name in [("models/asd_models/", "self_forcing_dmd.pt"),
+                         ("models/text_encoders/", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+                         ("models/vae/", "wan_2.1_vae.safetensors")]:
+        assert folder in text and name in text
+    for model in workflow["models"]:
+        assert model["url"] in text
+
+
+def test_workflows_saved_before_the_loader_input_rename_still_load():
+    """UI-format files keep widget values by position, so `ckpt_name` -> `model_file` changes nothing
+    in them; API prompts name inputs, and ComfyUI refuses the old name as a missing input."""
+    info = {**CORE, **comfy_executor.pack_object_info(pack)}
+    old_style = {
+        "nodes": [{"id": 1, "type": "ASDModelLoader", "inputs": [], "mode": 0,
+                   "outputs": [{"name": "model", "type": "ASD_MODEL", "links": []},
+                               {"name": "info", "type": "STRING", "links": [2]}],
+                   "properties": {"Node name for S&R": "ASDModelLoader"},
+                   "widgets_values": ["(built-in default)", "auto"]},  # as saved with ckpt_name
+                  {"id": 2, "type": "PreviewAny", "inputs": [{"name": "source", "type": "*", "link": 2}],
+                   "outputs": [], "mode": 0, "properties": {}, "widgets_values": []}],
+        "links": [[2, 1, 1, 2, 0, "STRING"]],
+    }
+    prompt = comfy_executor.ui_to_api(old_style, info)
+    assert prompt["1"]["inputs"] == {"model_file": "(built-in default)", "dtype": "auto"}
+    results = comfy_executor.Executor(pack, CORE).run(prompt)
+    assert "built-in default" in results["1"][1]
+    old_api = {**prompt, "1": {"class_type": "ASDModelLoader", "inputs": {"ckpt_name": "(built-in default)",
+                                                                          "dtype": "auto"}}}
+    with pytest.raises(comfy_executor.PromptError, match="required input 'model_file' missing"):
+        comfy_executor.Executor(pack, CORE).validate(old_api)

@@ -23,7 +23,19 @@ import comfy_executor  # noqa: E402
 PROMPT = "a red circle and a blue square"
 DEFAULT_FRAMES = 33  # 9 latent frames = 3 chunks of 3: the length the built-in default was trained on
 SEED = 42
-FPS = 8.0
+FPS = 8.0  # the built-in default's frame rate
+WAN_FPS = 16.0  # Wan 2.1's frame rate
+# Seeds change after every Run (the frontend's control_after_generate), so Run makes a new
+# video each time instead of returning the cached one; the compare workflow shares one.
+SEED_CONTROL = "randomize"
+# Comfy-Org's repackaged Wan 2.1 text encoder and VAE, as ComfyUI's own Wan templates link them.
+WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+UMT5 = {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "url": f"{WAN_REPACKAGED}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors?download=true",
+        "directory": "text_encoders"}
+WAN_VAE = {"name": "wan_2.1_vae.safetensors",
+           "url": f"{WAN_REPACKAGED}/vae/wan_2.1_vae.safetensors?download=true",
+           "directory": "vae"}
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -37,7 +49,8 @@ class Graph:
         self.column = 0
 
     def add(self, kind: str, widgets: dict | None = None, *, title: str | None = None, column: int | None = None,
-            row: int = 0, size: tuple[int, int] = (320, 180)) -> dict:
+            row: int = 0, size: tuple[int, int] = (320, 180), models: list[dict] | None = None) -> dict:
+        """A node with its widgets in input order; `models` are the files it needs, with download links."""
         schema = self.info[kind]
         widgets = dict(widgets or {})
         values, inputs = [], []
@@ -55,7 +68,7 @@ class Graph:
                         raise ValueError(f"{kind}.{name} has no default: give a value")
                     values.append(value)
                     if name in ("seed", "noise_seed") or options.get("control_after_generate"):
-                        values.append("fixed")  # the frontend's control_after_generate companion slot
+                        values.append(SEED_CONTROL)  # the frontend's control_after_generate companion slot
                 else:
                     inputs.append({"name": name, "type": kind_of, "link": None})
         if widgets:
@@ -80,8 +93,56 @@ class Graph:
         }
         if title:
             node["title"] = title
+        if models:
+            # The frontend's per-node convention (ComfyUI's own templates): it offers these in its
+            # missing-models dialog when the file is not in `directory`.
+            node["properties"]["models"] = [dict(m) for m in models]
         self.nodes.append(node)
         return node
+
+    def primitive(self, widget: str, value, *, control: str, title: str, column: int, row: int) -> dict:
+        """A frontend Primitive node: one widget value that drives the same-named widget of several nodes.
+
+        A UI-only node (the frontend writes its value into every linked widget when it queues,
+        and comfy-cli's converter does the same); `connect_widget` links it to each target.
+        """
+        node_id = len(self.nodes) + 1
+        node = {
+            "id": node_id, "type": "PrimitiveNode", "pos": [40 + 380 * column, 40 + 260 * row], "size": [320, 110],
+            "flags": {}, "order": node_id - 1, "mode": 0, "inputs": [],
+            "outputs": [{"name": "INT", "type": "INT", "links": [], "slot_index": 0, "widget": {"name": widget}}],
+            "title": title, "properties": {"Run widget replace on values": False},
+            "widgets_values": [value, control],
+        }
+        self.nodes.append(node)
+        return node
+
+    def connect_widget(self, primitive: dict, target: dict, widget: str) -> None:
+        """Link a Primitive to a widget of `target`, as the frontend saves a widget turned into an input."""
+        value = primitive["widgets_values"][0]
+        index = self._widget_index(target, widget)
+        if target["widgets_values"][index] != value:
+            raise ValueError(f"{target['type']}.{widget} is {target['widgets_values'][index]!r}, the primitive {value!r}: "
+                             "give the node the primitive's value (the frontend shows it there)")
+        kind = self.info[target["type"]]["input"]
+        spec = kind.get("required", {}).get(widget) or kind.get("optional", {})[widget]
+        target["inputs"].append({"name": widget, "type": spec[0], "widget": {"name": widget}, "link": None})
+        self.connect(primitive, "INT", target, widget)
+
+    def _widget_index(self, node: dict, widget: str) -> int:
+        """Position of `widget`'s value in the node's widgets_values (control slots counted)."""
+        schema = self.info[node["type"]]
+        index = 0
+        for section in ("required", "optional"):
+            for name in schema["input_order"].get(section, []):
+                spec = schema["input"][section][name]
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if comfy_executor.spec_type_and_options(spec)[0] not in WIDGET_KINDS or options.get("forceInput"):
+                    continue
+                if name == widget:
+                    return index
+                index += 2 if name in ("seed", "noise_seed") or options.get("control_after_generate") else 1
+        raise ValueError(f"{node['type']} has no widget {widget!r}")
 
     def note(self, text: str, *, column: int, row: int, size: tuple[int, int] = (420, 260)) -> None:
         """A MarkdownNote: shown in the frontend, dropped from the API prompt."""
@@ -101,8 +162,9 @@ class Graph:
         source["outputs"][slot]["links"].append(link_id)
         target["inputs"][target_slot]["link"] = link_id
 
-    def workflow(self, name: str) -> dict:
-        return {
+    def workflow(self, name: str, models: list[dict] | None = None) -> dict:
+        """The file's contents; `models` (top-level, the workflow schema's field) lists files to download."""
+        workflow = {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-asd/{name}")),
             "revision": 0,
             "last_node_id": len(self.nodes),
@@ -114,10 +176,13 @@ class Graph:
             "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
             "version": 0.4,
         }
+        if models:
+            workflow["models"] = [dict(m) for m in models]
+        return workflow
 
 
-def save_video(graph: Graph, images: dict, prefix: str, *, column: int, row: int = 0) -> None:
-    video = graph.add("CreateVideo", {"fps": FPS}, column=column, row=row)
+def save_video(graph: Graph, images: dict, prefix: str, *, column: int, row: int = 0, fps: float = FPS) -> None:
+    video = graph.add("CreateVideo", {"fps": fps}, column=column, row=row)
     graph.connect(images, "IMAGE" if "IMAGE" in [o["name"] for o in images["outputs"]] else "images", video, "images")
     save = graph.add("SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"},
                      column=column + 1, row=row, size=(420, 420))
@@ -132,7 +197,7 @@ def sampler_widgets(**overrides) -> dict:
 
 def t2v_default(info: dict) -> dict:
     g = Graph(info)
-    loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=0, row=0)
+    loader = g.add("ASDModelLoader", {"model_file": "(built-in default)", "dtype": "auto"}, column=0, row=0)
     text = g.add("ASDTextEncode", {"text": PROMPT}, column=0, row=1)
     plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=0, row=2)
     sampler = g.add("ASDCausalSampler", sampler_widgets(), column=1, row=0, size=(340, 420))
@@ -147,10 +212,21 @@ def t2v_default(info: dict) -> dict:
     return g.workflow("t2v_default")
 
 
+COMPARE_NOTE = """## One seed, three plans
+
+The three samplers share **one seed** on purpose: the *seed (shared)* primitive feeds all
+three, so every plan denoises the same noise and the videos differ only by the plan (the
+first chunk gets 4 steps under each, so it is the same in all three). The primitive picks a
+new seed after every Run (`randomize`); set it to `fixed` to keep one. Giving each sampler
+its own seed would compare different noise, not different plans.
+"""
+
+
 def compare_steps(info: dict) -> dict:
     g = Graph(info)
-    loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=0, row=0)
+    loader = g.add("ASDModelLoader", {"model_file": "(built-in default)", "dtype": "auto"}, column=0, row=0)
     text = g.add("ASDTextEncode", {"text": PROMPT}, column=0, row=1)
+    seed = g.primitive("seed", SEED, control=SEED_CONTROL, title="seed (shared)", column=0, row=2)
     decoded = []
     # Two grid rows per plan: a sampler with all its widgets is taller than one row.
     for row, (steps, first, label) in zip((0, 2, 4), [(1, 4, "1*"), (2, 4, "2*"), (4, 4, "4 steps")]):
@@ -161,6 +237,7 @@ def compare_steps(info: dict) -> dict:
         g.connect(loader, "model", sampler, "model")
         g.connect(plan, "plan", sampler, "plan")
         g.connect(text, "conditioning", sampler, "positive")
+        g.connect_widget(seed, sampler, "seed")
         decode = g.add("ASDDecode", title=f"Decode {label}", column=3, row=row)
         g.connect(sampler, "latent", decode, "latent")
         decoded.append(decode)
@@ -173,29 +250,33 @@ def compare_steps(info: dict) -> dict:
     g.connect(left, "IMAGE", right, "image1")
     g.connect(decoded[2], "images", right, "image2")
     save_video(g, right, "ASD/compare_1star_2star_4", column=5)
+    g.note(COMPARE_NOTE, column=0, row=3, size=(340, 300))
     return g.workflow("compare_steps")
 
 
-WAN_NOTE = """## Wan2.1-T2V-1.3B causal (Self Forcing / ASD weights)
+WAN_NOTE = f"""## Wan2.1-T2V-1.3B causal (Self Forcing / ASD weights)
 
-Files this workflow expects (ComfyUI's usual folders):
+Where each file goes (ComfyUI's usual folders; on opening, ComfyUI offers to download the two
+it is missing):
 
-- **models/asd_models/** (or models/diffusion_models/): the causal transformer, e.g. Self Forcing's
-  `self_forcing_dmd.pt` as released (no repackaging), an ASD `.safetensors`, or ComfyUI's
-  repackaged causal Wan files. Or use *ASD Download Model (Hugging Face)* instead of the loader.
-- **models/text_encoders/**: `umt5_xxl_fp8_e4m3fn_scaled.safetensors` (Load CLIP, type **wan**).
-- **models/vae/**: `wan_2.1_vae.safetensors`.
+- **ComfyUI/models/asd_models/** (or models/diffusion_models/): the causal transformer, e.g.
+  Self Forcing's `self_forcing_dmd.pt` as released, no repackaging
+  ([gdhe17/Self-Forcing](https://huggingface.co/gdhe17/Self-Forcing/tree/main/checkpoints)),
+  an ASD `.safetensors`, or ComfyUI's repackaged causal Wan files; or let *ASD Download Model
+  (Hugging Face)* fetch it instead of the loader.
+- **ComfyUI/models/text_encoders/**: [`{UMT5["name"]}`]({UMT5["url"]}) (Load CLIP, type **wan**).
+- **ComfyUI/models/vae/**: [`{WAN_VAE["name"]}`]({WAN_VAE["url"]}).
 
 Self Forcing weights are trained for 4 steps (plan `4`); ASD weights sample at `1*`, `2*` or `4`.
-Size 832x480, 81 frames = 21 latent frames = 7 chunks of 3.
+Size 832x480, 81 frames = 21 latent frames = 7 chunks of 3, saved at Wan's 16 fps.
 """
 
 
 def wan_causal(info: dict) -> dict:
     g = Graph(info)
-    loader = g.add("ASDModelLoader", {"ckpt_name": "self_forcing_dmd.pt", "dtype": "auto"}, column=0, row=0)
-    clip = g.add("CLIPLoader", {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan",
-                                "device": "default"}, column=0, row=1)
+    loader = g.add("ASDModelLoader", {"model_file": "self_forcing_dmd.pt", "dtype": "auto"}, column=0, row=0)
+    clip = g.add("CLIPLoader", {"clip_name": UMT5["name"], "type": "wan", "device": "default"}, column=0, row=1,
+                 models=[UMT5])
     text = g.add("CLIPTextEncode", {"text": "A fox runs through fresh snow in a sunlit pine forest, cinematic"},
                  column=0, row=2, size=(320, 200))
     g.connect(clip, "CLIP", text, "clip")
@@ -207,13 +288,13 @@ def wan_causal(info: dict) -> dict:
     g.connect(text, "CONDITIONING", sampler, "positive")
     info_box = g.add("PreviewAny", column=2, row=2)
     g.connect(loader, "info", info_box, "source")
-    vae = g.add("VAELoader", {"vae_name": "wan_2.1_vae.safetensors"}, column=2, row=1)
+    vae = g.add("VAELoader", {"vae_name": WAN_VAE["name"]}, column=2, row=1, models=[WAN_VAE])
     decode = g.add("VAEDecode", column=2, row=0)
     g.connect(sampler, "latent", decode, "samples")
     g.connect(vae, "VAE", decode, "vae")
-    save_video(g, decode, "ASD/wan_causal", column=3)
-    g.note(WAN_NOTE, column=3, row=2)
-    return g.workflow("wan_causal")
+    save_video(g, decode, "ASD/wan_causal", column=3, fps=WAN_FPS)
+    g.note(WAN_NOTE, column=3, row=2, size=(460, 320))
+    return g.workflow("wan_causal", models=[UMT5, WAN_VAE])
 
 
 CONTINUE_NOTE = """## Continue a video
@@ -233,7 +314,7 @@ def continue_video(info: dict) -> dict:
     g.connect(load, "VIDEO", parts, "video")
     prefix = g.add("ASDEncodeVideoPrefix", {"last_frames": 9}, column=1, row=0)
     g.connect(parts, "images", prefix, "images")
-    loader = g.add("ASDModelLoader", {"ckpt_name": "(built-in default)", "dtype": "auto"}, column=1, row=1)
+    loader = g.add("ASDModelLoader", {"model_file": "(built-in default)", "dtype": "auto"}, column=1, row=1)
     text = g.add("ASDTextEncode", {"text": PROMPT}, column=1, row=2)
     plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=1, row=3)
     sampler = g.add("ASDCausalSampler", sampler_widgets(frames=9), column=2, row=0, size=(340, 440))
