@@ -273,3 +273,15 @@ def test_workflows_saved_before_the_loader_input_rename_still_load():
                                                                           "dtype": "auto"}}}
     with pytest.raises(comfy_executor.PromptError, match="required input 'model_file' missing"):
         comfy_executor.Executor(pack, CORE).validate(old_api)
+
+
+def test_requirements_txt_is_pyprojects_dependencies_without_torch():
+    """ComfyUI-Manager installs requirements.txt for a clone; it must not drift from pyproject, and
+    must never name torch (ComfyUI's own build stays)."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    listed = [line.strip() for line in (repo / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert listed == [d for d in declared if not d.startswith("torch")]
