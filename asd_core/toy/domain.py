@@ -1,7 +1,7 @@
 """Synthetic video domain: coloured shapes bouncing on a plain background, with captions.
 
 Why this domain: the built-in default model must train on this CPU in an hour or two, and
-its quality must be measurable exactly (see `asd_core.toy.evaluate`). Every video here has a
+its quality must be measurable exactly (see `asd_core.toy.scores`). Every video here has a
 known ground truth: 1-3 shapes (circle, square, triangle), each in its own colour from a
 small palette of colours far apart in RGB, drawn with crisp edges (no anti-aliasing: every
 pixel is exactly the background or a palette colour), moving at constant velocity and
