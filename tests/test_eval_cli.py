@@ -7,9 +7,9 @@ import torch
 
 from asd_core.checkpoint import save_checkpoint
 from asd_core.cli.evaluate import main
-from asd_core.defaults import TOY, toy_model_config
 from asd_core.model import CausalWanTransformer
-from asd_core.text import ToyTextConfig, ToyTextEncoder
+from asd_core.toy.defaults import TOY, toy_model_config
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.vae import LatentCodec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

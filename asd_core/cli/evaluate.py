@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..defaults import TEACHER_CFG
 from ..devices import DTYPES
 from ..schedule import parse_plan
+from ..toy.defaults import TEACHER_CFG
 
 MODELS = ("student", "teacher", "real", "real-vae")
 
@@ -93,7 +93,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _load_codec(path: str | None):
-    from ..defaults import default_file
+    from ..toy.defaults import default_file
     from ..vae import LatentCodec
 
     file = Path(path) if path else default_file("vae")
@@ -105,8 +105,8 @@ def _load_codec(path: str | None):
 def _load(args):
     """(model, text encoder, codec, label, guidance) for --checkpoint or the shipped --model."""
     from ..checkpoint import load_model, recorded_guidance
-    from ..defaults import default_file
-    from ..text import ToyTextEncoder
+    from ..toy.defaults import default_file
+    from ..toy.text_encoder import ToyTextEncoder
 
     if args.checkpoint:
         file = Path(args.checkpoint)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..defaults import TOY
 from ..sampler import sample_video
 from ..schedule import StepPlan, parse_plan
+from .defaults import TOY
 from .domain import caption, make_batch, sample_video_spec
 from .profile import frame_profile
 from .scores import evaluate_videos
