@@ -75,38 +75,38 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(args: argparse.Namespace) -> dict:
     """Generate (or take) `args.num` videos and score them (`asd_core.toy.model_eval`); the flat result dict."""
     from ..toy.model_eval import score_model, score_real
+    from ..vae import load_codec
 
     plan = parse_plan(args.plan) if args.plan else None  # a typo fails before any loading
     start = time.perf_counter()
     if not args.checkpoint and args.model in ("real", "real-vae"):
-        codec = _load_codec(args.vae) if args.model == "real-vae" else None
+        codec = load_codec(_vae_file(args.vae)) if args.model == "real-vae" else None
         result = score_real(num=args.num, seed=args.seed, codec=codec, batch=args.batch, per_chunk=args.per_chunk)
         label = "ground-truth videos " + ("after the VAE round trip" if codec else "of the domain")
     else:
-        model, text_encoder, codec, label, cfg = _load(args)
-        result = score_model(model, text_encoder, codec, plan=plan, num=args.num, seed=args.seed, cfg_scale=cfg,
-                             context_noise=args.context_noise, batch=args.batch, per_chunk=args.per_chunk,
-                             progress=True)
+        pipeline, label, cfg = _load(args)
+        result = score_model(pipeline.model, pipeline.text_encoder, pipeline.codec, plan=plan, num=args.num,
+                             seed=args.seed, cfg_scale=cfg, context_noise=args.context_noise, batch=args.batch,
+                             per_chunk=args.per_chunk, progress=True)
         label += f", cfg {cfg:g}" + (f", context noise {args.context_noise:g}" if args.context_noise else "")
         label += f", {args.dtype}" if args.dtype != "float32" else ""
     return result | {"model": label, "seconds": round(time.perf_counter() - start, 2)}
 
 
-def _load_codec(path: str | None):
+def _vae_file(path: str | None) -> Path:
     from ..toy.defaults import default_file
-    from ..vae import LatentCodec
 
     file = Path(path) if path else default_file("vae")
     if not file.is_file():
         raise FileNotFoundError(f"{'--vae ' if path else 'the shipped VAE '}{file}: no such file")
-    return LatentCodec.load(file)
+    return file
 
 
 def _load(args):
-    """(model, text encoder, codec, label, guidance) for --checkpoint or the shipped --model."""
-    from ..checkpoint import load_model, recorded_guidance
+    """(pipeline, label, guidance) for --checkpoint or the shipped --model: the toy files, then `Pipeline.load`."""
+    from ..checkpoint import recorded_guidance
+    from ..pipeline import Pipeline
     from ..toy.defaults import default_file
-    from ..toy.text_encoder import ToyTextEncoder
 
     if args.checkpoint:
         file = Path(args.checkpoint)
@@ -123,17 +123,13 @@ def _load(args):
         text_file = Path(args.text_encoder) if args.text_encoder else default_file("text_encoder")
     if not text_file.is_file():
         raise FileNotFoundError(f"text encoder {text_file}: no such file (pass --text-encoder)")
-    model = load_model(file, dtype=DTYPES[args.dtype])
-    role = model.checkpoint_metadata.get("asd.role", "student")
+    pipeline = Pipeline.load(file, text_encoder=text_file, vae=_vae_file(args.vae), dtype=DTYPES[args.dtype])
+    metadata = pipeline.model.checkpoint_metadata
+    role = metadata.get("asd.role", "student")
     # The file's own guidance; teachers written before asd.cfg existed get the shipped teacher's.
     cfg = args.cfg_scale if args.cfg_scale is not None else recorded_guidance(
-        model.checkpoint_metadata, str(file), default=TEACHER_CFG if role == "teacher" else 1.0)
-    text_encoder = ToyTextEncoder.load(text_file)
-    if text_encoder.width != model.config.text_dim:
-        raise ValueError(f"{file.name} takes {model.config.text_dim}-dim text but {text_file.name} gives "
-                         f"{text_encoder.width}: pass the text encoder the model was trained with")
-    codec = _load_codec(args.vae)
-    return model, text_encoder, codec, f"{role} {file.name}", cfg
+        metadata, str(file), default=TEACHER_CFG if role == "teacher" else 1.0)
+    return pipeline, f"{role} {file.name}", cfg
 
 
 def format_result(result: dict) -> str:
