@@ -29,7 +29,7 @@ class Pipeline:
         """Load and check a pipeline; `which` picks the built-in model ("student" or "teacher")."""
         default = None
         if not (checkpoint and text_encoder and vae):
-            from .defaults import load_default_pipeline
+            from .toy.defaults import load_default_pipeline
 
             default = load_default_pipeline(device=device, dtype=dtype, which=which)
 
@@ -57,7 +57,7 @@ def load_text_encoder(path: str | Path, device) -> torch.nn.Module:
     """A umt5 folder (real Wan; bf16 on a GPU, float32 on the CPU) or a toy encoder `.safetensors`."""
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
-        from .text import ToyTextEncoder
+        from .toy.text_encoder import ToyTextEncoder
 
         return ToyTextEncoder.load(path, device=device)
     from .text import UMT5TextEncoder

@@ -60,7 +60,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 def default_pipeline(dtype: torch.dtype = torch.float32):
     """The built-in default (model, text encoder, VAE), loaded once per dtype on the offload device."""
     if dtype not in _default_pipelines:
-        from ..asd_core.defaults import load_default_pipeline
+        from ..asd_core.toy.defaults import load_default_pipeline
 
         _default_pipelines[dtype] = load_default_pipeline(host.offload_device(), dtype, allow_untrained=True)
     return _default_pipelines[dtype]

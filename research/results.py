@@ -20,7 +20,7 @@ import numpy as np
 from asd_core.atomic import atomic_path
 from asd_core.cli.evaluate import build_parser as eval_parser
 from asd_core.cli.evaluate import evaluate
-from asd_core.defaults import TEACHER_CFG, WEIGHTS_DIR
+from asd_core.toy.defaults import TEACHER_CFG, WEIGHTS_DIR
 
 PLANS = ("1", "1*", "1*2", "2", "2*", "4")  # 1*2: a 2-step first chunk (the CFG-3 student's best one-step plan)
 KEYS = ("total", "quality", "semantic", "fd")

@@ -85,6 +85,16 @@ def test_every_arrow_points_down(graph):
     assert not wrong, "imports against the layering (see the module docstring):\n" + "\n".join(wrong)
 
 
+def test_the_generic_library_takes_nothing_from_the_toy_domain(graph):
+    """asd_core's root serves any causal Wan; the toy domain (its vocabulary, text encoder, sizes and
+    shipped default) lives in asd_core.toy. Only Pipeline.load reaches down into it, for the
+    built-in default it falls back to."""
+    root = {name for name, path in module_files().items() if path.parent == REPO / "asd_core"}  # asd_core/*.py
+    wrong = sorted(f"{source} -> {target}" for source in root - {"asd_core.pipeline"} for target in graph[source]
+                   if target.startswith("asd_core.toy"))
+    assert not wrong, "generic modules importing the toy domain:\n" + "\n".join(wrong)
+
+
 def test_no_import_circle(graph):
     """Modules and package __init__ files together form a DAG (a package that builds its
     members, like a stage registry, counts as the module it is)."""

@@ -256,7 +256,7 @@ def test_inspect_takes_a_wan_sized_config_to_be_trained_at_81_frames_of_832x480(
 
 
 def test_inspect_tells_the_shipped_students_trained_size(capsys):
-    from asd_core.defaults import default_file
+    from asd_core.toy.defaults import default_file
 
     assert inspect_main([str(default_file("student"))]) == 0
     trained = json.loads(capsys.readouterr().out)["kv_cache"]["trained_video"]

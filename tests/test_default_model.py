@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import trainer.default_model as driver
-from asd_core import defaults
 from asd_core.checkpoint import read_checkpoint, recorded_guidance
+from asd_core.toy import defaults
 from asd_core.vae import LatentCodec
 
 TINY_VIDEO = ["latent_height=4", "latent_width=4", "progress=false", "tensorboard=false"]

@@ -7,9 +7,9 @@ import torch
 
 from asd_core.checkpoint import save_checkpoint
 from asd_core.cli.evaluate import main
-from asd_core.defaults import TOY, toy_model_config
 from asd_core.model import CausalWanTransformer
-from asd_core.text import ToyTextConfig, ToyTextEncoder
+from asd_core.toy.defaults import TOY, toy_model_config
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.vae import LatentCodec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,6 +105,26 @@ def test_a_checkpoint_with_unreadable_guidance_is_a_one_line_error(toy_files, ca
     assert len(err.strip().splitlines()) == 1
 
 
+def test_the_library_scores_a_model_as_asd_eval_does(toy_files, capsys):
+    """score_model / score_real are what asd-eval runs: the same numbers from objects instead of flags."""
+    from asd_core.checkpoint import load_model
+    from asd_core.toy import score_model, score_real
+
+    args = ["--checkpoint", str(toy_files["student"]), "--vae", str(toy_files["vae"]), "--num", "3", "--batch", "2",
+            "--seed", "1", "--per-chunk"]
+    cli = run_json(capsys, *args)
+    model = load_model(toy_files["student"])
+    text_encoder = ToyTextEncoder.load(toy_files["student"].parent / "text_encoder.safetensors")
+    library = score_model(model, text_encoder, LatentCodec.load(toy_files["vae"]), num=3, seed=1, batch=2,
+                          per_chunk=True)
+    assert library == {k: v for k, v in cli.items() if k not in ("model", "seconds")}
+    assert library["plan"] == "1*" and len(library["chunks"]["colour"]) == 3
+    real = run_json(capsys, "--model", "real", "--num", "3", "--seed", "1")
+    assert score_real(num=3, seed=1) == {k: v for k, v in real.items() if k not in ("model", "seconds")}
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        score_real(num=3, batch=0)
+
+
 def test_table_output_names_every_main_score(toy_files, capsys):
     assert main(["--model", "real-vae", "--vae", str(toy_files["vae"]), "--num", "2"]) == 0
     out = capsys.readouterr().out
@@ -115,10 +135,10 @@ def test_table_output_names_every_main_score(toy_files, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--plan", "3x"], "step plan"),
-    (["--num", "1"], "--num must be >= 2"),
+    (["--num", "1"], "num must be >= 2"),
     (["--checkpoint", "missing.safetensors"], "no such file"),
-    (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
-    (["--context-noise", "1001"], "--context-noise is a timestep in [0, 1000]"),
+    (["--cfg-scale", "-1"], "cfg_scale must be >= 0"),
+    (["--context-noise", "1001"], "context_noise is a timestep in [0, 1000]"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, args, message):
     assert main(args) == 2

@@ -18,19 +18,11 @@ from asd_core.toy.domain import (
     render,
     size_range,
 )
-from asd_core.toy.evaluate import (
-    ASSIGN_RADIUS,
-    FEATURE_NAMES,
-    ReferenceStats,
-    evaluate_videos,
-    find_blobs,
-    frame_profile,
-    frechet_distance,
-    label_blobs,
-    score_videos,
-    segment,
-    video_features,
-)
+from asd_core.toy.fd import FEATURE_NAMES, ReferenceStats, frechet_distance, video_features
+from asd_core.toy.measures import NO_SHAPE, classify_kind, find_blobs, label_blobs, segment
+from asd_core.toy.profile import frame_profile
+from asd_core.toy.scores import evaluate_videos, score_videos
+from asd_core.toy.thresholds import THRESHOLDS, default_min_area
 
 QUALITY = ("sharpness", "subject_consistency", "motion_smoothness", "flicker", "dynamic_degree")
 SEMANTIC = ("colour", "object_class", "multiple_objects")
@@ -256,7 +248,7 @@ def test_segment_matches_brute_force_nearest_colour():
     near = refs[None] + np.random.default_rng(5).normal(0, 25, size=(500, 1, 3))  # near every colour
     pixels = np.concatenate([pixels, np.clip(near, 0, 255).astype(np.uint8).reshape(-1, 3)])
     dist = np.linalg.norm(pixels[:, None, :].astype(np.float64) - refs[None], axis=-1)
-    expected = np.where(dist.min(-1) <= ASSIGN_RADIUS, dist.argmin(-1), -1)
+    expected = np.where(dist.min(-1) <= THRESHOLDS.assign_radius, dist.argmin(-1), -1)
     assert np.array_equal(segment(pixels[None]).reshape(-1), expected)
     assert (expected >= 0).mean() > 0.3
 
@@ -270,6 +262,30 @@ def test_every_rendered_shape_is_classified_right(kind):
             blobs = find_blobs(segment(render(VideoSpec([shape]), 1)), min_area=16)
             assert len(blobs["kind"]) == 1
             assert KINDS[blobs["kind"][0]] == kind, (kind, size, x0, y0)
+
+
+def test_blob_kinds_change_at_the_named_thresholds():
+    """classify_kind reads Thresholds: a blob just either side of each bound lands on that bound's side."""
+    t, eps = THRESHOLDS, 0.005
+
+    def kinds(area, width, height, cy):
+        n = len(area)
+        got = classify_kind(np.array(area, float), np.full(n, width, float), np.array(height, float) + np.zeros(n),
+                            np.array(cy, float) + np.zeros(n), np.full(n, height / 2, float))
+        return [None if k == NO_SHAPE else KINDS[k] for k in got]
+
+    fills = [t.square_fill + eps, t.square_fill - eps, t.circle_fill + eps]
+    assert kinds([100 * f for f in fills], 10, 10, 5.0) == ["square", "circle", "circle"]
+    low = 100 * (t.circle_fill - eps)  # too little fill for a circle: a triangle only if its centroid is low
+    assert kinds([low, low], 10, 10, [5 + 10 * (t.triangle_drop + eps), 5 + 10 * (t.triangle_drop - eps)]) == [
+        "triangle", None]
+    wide, too_wide = 10 * t.max_aspect, 10 * t.max_aspect + 1  # a full box, so the aspect decides
+    assert kinds([wide * 10], wide, 10, 5.0) == ["square"] and kinds([too_wide * 10], too_wide, 10, 5.0) == [None]
+    tall, too_tall = 10 / t.min_aspect, 10 / t.min_aspect + 1
+    assert kinds([tall * 10], 10, tall, tall / 2) == ["square"]
+    assert kinds([too_tall * 10], 10, too_tall, too_tall / 2) == [None]
+    assert default_min_area(64, 64) == t.min_area_64 and default_min_area(128, 128) == 4 * t.min_area_64
+    assert default_min_area(16, 16) == t.min_area_floor
 
 
 def test_bad_input_raises_clear_errors(real):

@@ -7,8 +7,8 @@ import torch
 from asd_core.checkpoint import save_checkpoint
 from asd_core.cli.generate import main
 from asd_core.config import tiny_config
-from asd_core.defaults import load_default_pipeline, toy_model_config
 from asd_core.model import CausalWanTransformer
+from asd_core.toy.defaults import load_default_pipeline, toy_model_config
 from asd_core.video_io import read_video
 
 
@@ -124,7 +124,7 @@ def test_written_video_has_real_pixels(tmp_path):
 
 
 def test_default_pipeline_untrained_stand_in(tmp_path, monkeypatch):
-    from asd_core import defaults
+    from asd_core.toy import defaults
 
     sizes = defaults.TOY
     assert (sizes.pixel_frames - 1) // 4 + 1 == sizes.latent_frames == 9 and sizes.num_chunks == 3

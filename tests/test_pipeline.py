@@ -5,9 +5,9 @@ import torch
 
 from asd_core.checkpoint import save_checkpoint
 from asd_core.config import tiny_config
-from asd_core.defaults import TOY, default_file
 from asd_core.model import CausalWanTransformer
 from asd_core.pipeline import Pipeline
+from asd_core.toy.defaults import TOY, default_file
 
 
 def test_builtin_default_and_a_file_with_the_builtin_encoder_and_vae(tmp_path):

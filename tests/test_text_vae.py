@@ -6,14 +6,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from asd_core.text import (
-    ToyTextConfig,
-    ToyTextEncoder,
-    UMT5TextEncoder,
-    conditioning_from_comfy,
-    conditioning_to_comfy,
-    tokenize,
-)
+from asd_core.text import UMT5TextEncoder, conditioning_from_comfy, conditioning_to_comfy
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder, tokenize
 from asd_core.vae import (
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
@@ -267,3 +261,5 @@ def test_conditioning_from_comfy():
         conditioning_from_comfy([])
     with pytest.raises(ValueError, match="\\(B, tokens, dim\\)"):
         conditioning_from_comfy([[torch.randn(512, 4096), {}]])
+
+

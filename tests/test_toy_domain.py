@@ -20,7 +20,7 @@ from asd_core.toy.domain import (
     make_batch,
     parse_caption,
     render,
-    sample_video,
+    render_video,
     sample_video_spec,
     size_range,
     tokenize_caption,
@@ -40,10 +40,19 @@ def test_same_seed_same_videos_and_stream_matches_batch():
     for i in range(4):
         video, text = next(stream)
         assert np.array_equal(video, videos[i]) and text == captions[i]
-    video, text = sample_video(7, 2)  # random access
+    video, text = render_video(7, 2)  # random access
     assert np.array_equal(video, videos[2]) and text == captions[2]
     other, _ = make_batch(8, 4)
     assert not np.array_equal(other, videos)
+
+
+def test_the_toy_package_has_no_second_sample_video():
+    """asd_core.sample_video is the causal sampler; the domain's ground truth is render_video."""
+    import asd_core
+    import asd_core.toy
+
+    assert not hasattr(asd_core.toy, "sample_video") and not hasattr(asd_core.toy.domain, "sample_video")
+    assert asd_core.sample_video.__module__ == "asd_core.sampler"
 
 
 def test_pixels_are_exactly_background_or_palette():

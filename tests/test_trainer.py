@@ -12,7 +12,7 @@ import torch
 from asd_core.checkpoint import load_model, recorded_guidance
 from asd_core.config import CausalWanConfig
 from asd_core.model import CausalWanTransformer
-from asd_core.text import ToyTextEncoder
+from asd_core.toy.text_encoder import ToyTextEncoder
 from asd_core.vae import LatentCodec
 from trainer.cli import main
 from trainer.config import load_config

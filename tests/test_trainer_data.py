@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from asd_core.checkpoint import load_model
-from asd_core.text import ToyTextConfig, ToyTextEncoder
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.vae import LatentCodec
 from asd_core.video_io import read_video, write_video
 from trainer import prepare

@@ -35,9 +35,9 @@ QUICK_MODEL = dict(num_layers=2, num_attention_heads=1, attention_head_dim=32, f
 def make_fixture_runs(folder: Path, quick: bool) -> tuple[Path, Path]:
     """A random teacher run (model + text encoder) and an init run (same weights, causal chunks)."""
     from asd_core.checkpoint import save_checkpoint
-    from asd_core.defaults import TOY, toy_model_config
     from asd_core.model import CausalWanTransformer
-    from asd_core.text import ToyTextConfig, ToyTextEncoder
+    from asd_core.toy.defaults import TOY, toy_model_config
+    from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 
     config = toy_model_config()
     if quick:

@@ -10,7 +10,7 @@ the runs it builds on. Sized to train on 2 CPU cores in about two and a half hou
 
 Every stage is resumable: a finished stage (its model.safetensors exists) is skipped, an
 interrupted one resumes from its latest checkpoint. `--ship` copies the results into
-asd_core/weights/, where `load_default_pipeline`, `asd-generate`, `asd-eval` and the nodes
+asd_core/toy/weights/, where `load_default_pipeline`, `asd-generate`, `asd-eval` and the nodes
 find them. `--only STAGE` runs one stage (e.g. the two distills in two shells at once).
 """
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from asd_core.atomic import atomic_path
-from asd_core.defaults import DEFAULT_FILES, WEIGHTS_DIR
+from asd_core.toy.defaults import DEFAULT_FILES, WEIGHTS_DIR
 
 from .config import load_config
 from .loop import run_training
@@ -68,7 +68,7 @@ def run_stage(runs: Path, name: str, config_file: str, overrides: list[str]) -> 
 
 
 def ship(runs: Path) -> None:
-    """Copy the finished runs' files into asd_core/weights (atomic per file)."""
+    """Copy the finished runs' files into asd_core/toy/weights (atomic per file)."""
     WEIGHTS_DIR.mkdir(exist_ok=True)
     for target, (run, file) in SHIPPED.items():
         source = runs / run / file
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.default_model", description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="folder for the stage runs, e.g. runs/toy")
     parser.add_argument("--only", choices=[s[0] for s in STAGES], help="run this stage only")
-    parser.add_argument("--ship", action="store_true", help="copy the results into asd_core/weights/")
+    parser.add_argument("--ship", action="store_true", help="copy the results into asd_core/toy/weights/")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     for name, config_file, overrides in STAGES:

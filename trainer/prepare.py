@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_text_encoder(path: str, device: torch.device, dtype: torch.dtype):
     """A toy text encoder (file, or a teacher run dir holding one; always float32) or a local umt5-xxl folder."""
-    from asd_core.text import ToyTextEncoder, UMT5TextEncoder
+    from asd_core.text import UMT5TextEncoder
+    from asd_core.toy.text_encoder import ToyTextEncoder
 
     candidate = Path(path)
     if candidate.is_dir() and (candidate / TEXT_ENCODER_FILE).is_file():

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..defaults import TOY
 from ..devices import DTYPES, resolve_device, resolve_dtype
 from ..schedule import StepPlan, parse_plan
+from ..toy.defaults import TOY
 from ..vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
 from ..video_io import VIDEO_EXTENSIONS
 

@@ -79,10 +79,10 @@ def _trained_video(config: CausalWanConfig) -> tuple[VideoSize | None, str]:
     Wan-sized text conditioning means Wan2.1's 81x832x480; anything else needs --video."""
     from dataclasses import replace
 
-    from ..defaults import TOY, toy_model_config
+    from ..toy.defaults import TOY, toy_model_config
 
     if replace(config, chunk_frames=TOY.chunk_frames) == toy_model_config():
-        return VideoSize(TOY.latent_frames, TOY.latent_height, TOY.latent_width), "the toy domain's size (asd_core.defaults)"
+        return VideoSize(TOY.latent_frames, TOY.latent_height, TOY.latent_width), "the toy domain's size (asd_core.toy.defaults)"
     if config.text_dim == 4096:
         return REAL_VIDEO, "Wan2.1's 832x480x81 (umt5 text width; the file records no size)"
     return None, "unknown: pass --video FxHxW"

@@ -1,7 +1,7 @@
 """Synthetic video domain: coloured shapes bouncing on a plain background, with captions.
 
 Why this domain: the built-in default model must train on this CPU in an hour or two, and
-its quality must be measurable exactly (see `asd_core.toy.evaluate`). Every video here has a
+its quality must be measurable exactly (see `asd_core.toy.scores`). Every video here has a
 known ground truth: 1-3 shapes (circle, square, triangle), each in its own colour from a
 small palette of colours far apart in RGB, drawn with crisp edges (no anti-aliasing: every
 pixel is exactly the background or a palette colour), moving at constant velocity and
@@ -255,7 +255,7 @@ def tokenize_caption(text: str) -> list[str]:
     return re.sub(r"\s*,\s*", " , ", normal).split()
 
 
-def sample_video(
+def render_video(
     seed: int,
     index: int,
     frames: int = DEFAULT_FRAMES,
@@ -263,7 +263,11 @@ def sample_video(
     width: int = DEFAULT_WIDTH,
     max_shapes: int = MAX_SHAPES,
 ) -> tuple[np.ndarray, str]:
-    """Video `index` of stream `seed` (random access, so loaders can shard by index)."""
+    """Video `index` of stream `seed` and its caption: the domain's ground truth, drawn (not generated).
+
+    Random access, so loaders can shard by index. (`asd_core.sampler.sample_video` is the
+    causal model's sampler; this one renders a known spec.)
+    """
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([seed, index])
@@ -279,7 +283,7 @@ def sample_video_spec(
     width: int = DEFAULT_WIDTH,
     max_shapes: int = MAX_SHAPES,
 ) -> VideoSpec:
-    """The spec behind `sample_video(seed, index, ...)`."""
+    """The spec behind `render_video(seed, index, ...)`."""
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     return sample_spec(np.random.default_rng([seed, index]), frames, height, width, max_shapes)
@@ -296,7 +300,7 @@ def video_stream(
     """Endless (video (T, H, W, 3) uint8, caption) pairs; the same seed gives the same stream."""
     index = start
     while True:
-        yield sample_video(seed, index, frames, height, width, max_shapes)
+        yield render_video(seed, index, frames, height, width, max_shapes)
         index += 1
 
 
@@ -312,5 +316,5 @@ def make_batch(
     """The first n videos of `video_stream(seed, ...)` from `start`: (n, T, H, W, 3) uint8 and captions."""
     if n < 1:
         raise ValueError(f"batch size n must be >= 1, got {n}")
-    pairs = [sample_video(seed, start + i, frames, height, width, max_shapes) for i in range(n)]
+    pairs = [render_video(seed, start + i, frames, height, width, max_shapes) for i in range(n)]
     return np.stack([v for v, _ in pairs]), [c for _, c in pairs]

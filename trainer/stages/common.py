@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from asd_core.checkpoint import read_checkpoint
 from asd_core.config import CausalWanConfig
-from asd_core.defaults import TOY
 from asd_core.model import CausalWanTransformer
 from asd_core.schedule import parse_plan, sigma_to_timestep, warp_sigma
-from asd_core.text import ToyTextEncoder
+from asd_core.toy.defaults import TOY
 from asd_core.toy.domain import caption, sample_video_spec
+from asd_core.toy.text_encoder import ToyTextEncoder
 from asd_core.vae import SPATIAL_FACTOR, LatentCodec, load_codec, pixels_to_video
 
 from ..run_files import RUN_FILE

@@ -15,7 +15,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from asd_core.toy.domain import sample_video
+from asd_core.toy.domain import render_video
 from asd_core.vae import LatentCodec, video_to_pixels
 
 TRAIN_STREAM = 11  # domain stream for training clips (evaluation references use other seeds)
@@ -25,7 +25,7 @@ def pixel_batch(indices: list[int], frames: int, height: int, width: int) -> tup
     """Videos (B, 3, T, H, W) in [-1, 1] and their captions."""
     videos, captions = [], []
     for index in indices:
-        video, text = sample_video(TRAIN_STREAM, index, frames=frames, height=height, width=width)
+        video, text = render_video(TRAIN_STREAM, index, frames=frames, height=height, width=width)
         videos.append(torch.from_numpy(np.ascontiguousarray(video)))
         captions.append(text)
     return video_to_pixels(torch.stack(videos)), captions

@@ -20,11 +20,11 @@ import torch
 
 from asd_core.checkpoint import GUIDANCE_METADATA
 from asd_core.config import CausalWanConfig
-from asd_core.defaults import toy_model_config
 from asd_core.losses import add_noise, flow_matching_loss
 from asd_core.model import CausalWanTransformer
 from asd_core.schedule import sigma_to_timestep, warp_sigma
-from asd_core.text import ToyTextConfig, ToyTextEncoder
+from asd_core.toy.defaults import toy_model_config
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.vae import LatentCodec
 
 from .. import dist

@@ -1,6 +1,6 @@
 """The built-in default: a small model of the synthetic shapes domain that runs anywhere.
 
-The trained files ship in `asd_core/weights/` (produced by `trainer/`, issue "built-in
+The trained files ship in `asd_core/toy/weights/` (produced by `trainer/`, issue "built-in
 default"): `student.safetensors` (the ASD student), `teacher.safetensors`,
 `vae.safetensors`, `text_encoder.safetensors`. Until they are there, `load_default_pipeline`
 builds the same architecture with random weights and labels it UNTRAINED everywhere it is
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CausalWanConfig
+from ..config import CausalWanConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_FILES = {
@@ -86,7 +86,7 @@ def default_pipeline_files() -> dict[str, Path]:
 @dataclass
 class DefaultPipeline:
     model: torch.nn.Module  # CausalWanTransformer
-    text_encoder: torch.nn.Module  # text.ToyTextEncoder
+    text_encoder: torch.nn.Module  # text_encoder.ToyTextEncoder
     codec: object  # vae.LatentCodec
     trained: bool
     label: str  # shown with every output: says UNTRAINED when it is
@@ -100,10 +100,10 @@ def load_default_pipeline(device="cpu", dtype: torch.dtype = torch.float32, allo
     `which`: "student" (the few-step ASD model) or "teacher" (many-step). Text encoder and
     VAE stay float32 whatever `dtype` (they are small and run once per video).
     """
-    from .checkpoint import load_model
-    from .model import CausalWanTransformer, cast_for_inference
-    from .text import ToyTextConfig, ToyTextEncoder
-    from .vae import LatentCodec
+    from ..checkpoint import load_model
+    from ..model import CausalWanTransformer, cast_for_inference
+    from ..vae import LatentCodec
+    from .text_encoder import ToyTextConfig, ToyTextEncoder
 
     if which not in ("student", "teacher"):
         raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")

@@ -1,0 +1,134 @@
+"""Score a model of the toy domain: the captions, noise, sampling and decoding `asd-eval` uses.
+
+One definition of an evaluation run, so `asd-eval`, the tests and lab scripts compare like
+with like: sample i at evaluation seed s has the caption of video i of the stream
+EVAL_STREAM + s and its own noise seed s * NOISE_STRIDE + i, so every row of a comparison
+sees the same prompts and the same noise. Loading files stays with the caller.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..sampler import sample_video
+from ..schedule import StepPlan, parse_plan
+from .defaults import TOY
+from .domain import caption, make_batch, sample_video_spec
+from .profile import frame_profile
+from .scores import evaluate_videos
+
+EVAL_STREAM = 2_000_000  # caption stream of evaluation seed 0; far from training (11) and the FD reference
+NOISE_STRIDE = 1_000_000  # noise seed of sample i at evaluation seed s: s * NOISE_STRIDE + i
+
+
+def eval_captions(num: int, seed: int = 0) -> list[str]:
+    """The captions of evaluation seed `seed`: those of the first `num` videos of its stream."""
+    stream = EVAL_STREAM + seed
+    return [caption(sample_video_spec(stream, i, TOY.pixel_frames, TOY.height, TOY.width)) for i in range(num)]
+
+
+def score_model(model, text_encoder, codec, *, plan: StepPlan | str | None = None, num: int = 64, seed: int = 0,
+                cfg_scale: float = 1.0, context_noise: float = 0.0, batch: int = 16, per_chunk: bool = False,
+                progress: bool = False) -> dict:
+    """Sample `num` videos of evaluation seed `seed`, decode them and score them.
+
+    plan: None -> the model's trained plan ("1*" if it records none). Returns the flat dict of
+    `evaluate_videos` plus plan (its spec), num and seed, and with per_chunk a "chunks" dict
+    (`frame_profile` per chunk of the model, and the chunks' pixel frames).
+    """
+    _check_run(num, batch, seed, cfg_scale, context_noise)
+    if not isinstance(plan, StepPlan):
+        plan = parse_plan(plan or model.trained_plan or "1*")
+    captions = eval_captions(num, seed)
+    seeds = [seed * NOISE_STRIDE + i for i in range(num)]
+    videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg_scale, batch,
+                             context_noise=context_noise, progress=progress)
+    return _scores(videos, captions, model.config.chunk_frames if per_chunk else None) | {
+        "plan": plan.spec, "num": num, "seed": seed}
+
+
+def score_real(*, num: int = 64, seed: int = 0, codec=None, batch: int = 16, per_chunk: bool = False) -> dict:
+    """Score the domain's own videos of evaluation seed `seed`: the ceiling of every score.
+
+    codec: a `LatentCodec` to pass the videos through first (encode, decode), which measures
+    what the VAE alone loses. Same result keys as `score_model`, with plan "-".
+    """
+    _check_run(num, batch, seed)
+    videos, captions = make_batch(EVAL_STREAM + seed, num, TOY.pixel_frames, TOY.height, TOY.width)
+    if codec is not None:
+        videos = vae_round_trip(videos, codec, batch)
+    return _scores(videos, captions, TOY.chunk_frames if per_chunk else None) | {"plan": "-", "num": num, "seed": seed}
+
+
+def _check_run(num: int, batch: int, seed: int, cfg_scale: float = 1.0, context_noise: float = 0.0) -> None:
+    """Fail before any sampling (the sampler checks context_noise too, but only once it runs)."""
+    if num < 2:
+        raise ValueError(f"num must be >= 2 (the Frechet distance needs a covariance), got {num}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0 <= context_noise <= 1000:
+        raise ValueError(f"context_noise is a timestep in [0, 1000], got {context_noise}")
+    if not cfg_scale >= 0:
+        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
+
+
+def _scores(videos: np.ndarray, captions: list[str], chunk_frames: int | None) -> dict:
+    result = evaluate_videos(videos, captions)
+    if chunk_frames is not None:
+        from ..vae import chunk_pixel_ranges
+
+        ranges = chunk_pixel_ranges(TOY.latent_frames, chunk_frames)
+        result["chunks"] = {"pixel_frames": [list(r) for r in ranges]} | frame_profile(videos, captions, ranges)
+    return result
+
+
+def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list[int], plan: StepPlan,
+                    cfg_scale: float, batch: int, context_noise: float = 0.0, progress: bool = False) -> np.ndarray:
+    """Videos (N, T, H, W, 3) uint8 for the captions, sampled `batch` at a time (with a progress bar)."""
+    from ..vae import pixels_to_video
+
+    latent = (TOY.latent_frames, TOY.latent_height, TOY.latent_width)
+    if model.config.chunk_frames > latent[0] or latent[0] % model.config.chunk_frames:
+        raise ValueError(f"the model's chunks of {model.config.chunk_frames} latent frames do not split the "
+                         f"domain's {latent[0]} latent frames: not a model of the toy domain")
+    out = []
+    with torch.no_grad():
+        negative = text_encoder.encode([""]) if cfg_scale != 1.0 else None
+        bar = tqdm(total=len(captions), desc=f"plan {plan.spec}", unit="video", file=sys.stderr, leave=False,
+                   disable=not progress)
+        for lo in range(0, len(captions), batch):
+            texts, batch_seeds = captions[lo:lo + batch], seeds[lo:lo + batch]
+            context = text_encoder.encode(texts)
+            chunks = list(sample_video(model, plan=plan, context=context, num_frames=latent[0],
+                                       latent_height=latent[1], latent_width=latent[2], seeds=batch_seeds,
+                                       negative_context=negative, cfg_scale=cfg_scale,
+                                       context_noise=context_noise))
+            pixels = codec.decode(torch.cat(chunks, dim=2).float())
+            out.append(to_uint8(pixels_to_video(pixels)))
+            bar.update(len(texts))
+        bar.close()
+    return np.concatenate(out)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """Float frames in [0, 1] -> the uint8 numpy video the evaluator reads."""
+    return (video.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def vae_round_trip(videos: np.ndarray, codec, batch: int) -> np.ndarray:
+    """uint8 videos (N, T, H, W, 3) encoded and decoded by `codec`, `batch` at a time."""
+    from ..vae import pixels_to_video, video_to_pixels
+
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(videos), batch):
+            frames = torch.from_numpy(videos[lo:lo + batch]).float() / 255.0
+            latents = codec.encode(video_to_pixels(frames))
+            out.append(to_uint8(pixels_to_video(codec.decode(latents))))
+    return np.concatenate(out)
