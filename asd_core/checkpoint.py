@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -33,6 +34,7 @@ RESERVED_METADATA = ("asd.format", "asd.config", "asd.plan", "config")  # "confi
 # scores best at). Only teachers write it; a distilled student samples without guidance.
 GUIDANCE_METADATA = "asd.cfg"
 SHOWN_KEYS = 5  # keys listed per kind of mismatch in error messages
+_BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
 
 
 class CheckpointError(ValueError):
@@ -117,24 +119,23 @@ def _write(path, state_dict, config, metadata, extra, *, layout: str) -> Path:
     return path
 
 
-def read_checkpoint(path, *, prefer_ema: bool = True, config: CausalWanConfig | None = None) -> LoadedCheckpoint:
+def read_checkpoint(path, *, prefer_ema: bool = True, config: CausalWanConfig | None = None,
+                    tensors: bool = True) -> LoadedCheckpoint:
     """Read any supported checkpoint, convert it to the diffusers layout and check it.
 
     `config` overrides what the file says or what shapes imply (needed for foreign files of
     models whose heads are not 128 wide). `prefer_ema`: for Self Forcing files, take
-    `generator_ema` when present.
+    `generator_ema` when present. `tensors=False` reads only a safetensors file's header: the
+    state dict then holds meta tensors of the right shapes (what `read_config` needs to check
+    a request before anything is loaded); .pt files are always read whole.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_checkpoint_path(path)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        raw, metadata = _read_safetensors(path)
-    elif suffix in TORCH_SUFFIXES:
-        raw, metadata = _read_torch(path), {}
+        raw, metadata = _read_safetensors(path, tensors=tensors)
     else:
-        accepted = ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
-        raise ValueError(f"unsupported checkpoint type {path.name!r}: accepted extensions are {accepted}")
+        raw, metadata = _read_torch(path), {}
 
     try:
         state_dict, layout, entry = to_diffusers(raw, prefer_ema=prefer_ema)
@@ -148,30 +149,61 @@ def read_checkpoint(path, *, prefer_ema: bool = True, config: CausalWanConfig | 
         config = infer_config(state_dict, source=str(path))
         if chunk_frames is not None:
             config = replace(config, chunk_frames=chunk_frames)
+    check_config_fits(state_dict, config, source=str(path))  # cheap, and before any model is built
     validate_state_dict(state_dict, config, layout, source=str(path))
     return LoadedCheckpoint(state_dict, config, plan, layout, metadata, source, entry)
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+def read_config(path, *, config: CausalWanConfig | None = None) -> LoadedCheckpoint:
+    """The checked config, plan and metadata of a checkpoint without loading its weights (safetensors)."""
+    return read_checkpoint(path, config=config, tensors=False)
+
+
+def check_checkpoint_path(path: Path) -> None:
+    """A clear error for a path that is not a checkpoint file: missing, a folder, or of another type."""
+    accepted = ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+        hint = (f"pass one of the files in it: {', '.join(inside[:SHOWN_KEYS])}" if inside
+                else f"it holds no {accepted} file; pass the transformer's checkpoint file itself")
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: {hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES:
+        raise ValueError(f"unsupported checkpoint type {path.name!r}: accepted extensions are {accepted}")
+
+
+def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict, dict]:
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            if tensors:
+                state = {key: f.get_tensor(key) for key in f.keys()}
+            else:
+                state = {key: torch.empty(f.get_slice(key).get_shape(), device="meta") for key in f.keys()}
     except (safetensors.SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); was the download complete?") from err
-    return tensors, metadata
+    return state, metadata
 
 
 def _read_torch(path: Path):
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): download or save it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ...: all mean "not plain tensors"
+    except pickle.UnpicklingError as err:
         # torch's own message suggests weights_only=False; keep only the reason it names.
         reason = str(err).split("WeightsUnpickler error:")[-1].strip().split(". ")[0].splitlines()[0]
         raise CheckpointError(
             f"{path} could not be loaded as plain tensors with torch.load(weights_only=True) ({reason}). "
             "It holds pickled Python objects, which are never unpickled here (they can run code); "
             "save only the state dict (tensors), or convert the file to .safetensors"
+        ) from err
+    except Exception as err:  # RuntimeError, OSError, EOFError, KeyError...: the bytes are not a whole torch file
+        reason = f"{type(err).__name__}: " + " ".join(str(err).split(". ")[0].split())
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: torch.load cannot read it ({reason[:200]}); was the download or the "
+            "save complete? Download or save it again"
         ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
@@ -228,9 +260,9 @@ def infer_config(state_dict: dict, *, source: str = "state dict") -> CausalWanCo
             "save_checkpoint (it carries its config)"
         )
     patch_volume = patch[0] * patch[1] * patch[2]
-    layers = {int(m[1]) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    num_layers = _block_count(state_dict, source)
     return CausalWanConfig(
-        num_layers=max(layers) + 1,
+        num_layers=num_layers,
         num_attention_heads=width // WAN_HEAD_DIM,
         attention_head_dim=WAN_HEAD_DIM,
         ffn_dim=state_dict["blocks.0.ffn.net.0.proj.weight"].shape[0],
@@ -243,6 +275,32 @@ def infer_config(state_dict: dict, *, source: str = "state dict") -> CausalWanCo
         qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in state_dict else None,
         text_len=WAN_TEXT_LEN,
     )
+
+
+def _block_count(state_dict: dict, source: str) -> int:
+    """Transformer blocks in a diffusers-layout state dict; their indices must run 0..N-1."""
+    layers = sorted({int(m[1]) for k in state_dict if (m := _BLOCK_INDEX.match(k))})
+    if layers != list(range(len(layers))):
+        shown = ", ".join(map(str, layers[:SHOWN_KEYS])) + (f", ..., {layers[-1]}" if len(layers) > SHOWN_KEYS else "")
+        raise CheckpointError(f"{source}: transformer block indices are not 0..N-1 (found {shown}): the file is "
+                              "damaged or not a Wan transformer")
+    return len(layers)
+
+
+def check_config_fits(state_dict: dict, config: CausalWanConfig, *, source: str = "state dict") -> None:
+    """Compare the config's layer count with the blocks the file holds, before anything is built.
+
+    `validate_state_dict` then compares every shape against the model the config describes,
+    built on the meta device: its cost grows with the layer count, so a crafted config
+    (metadata saying `num_layers: 10000000`) must be refused here, from the key names alone.
+    """
+    blocks = _block_count(state_dict, source)
+    if blocks and blocks != config.num_layers:
+        raise CheckpointError(
+            f"{source}: the model config says num_layers {config.num_layers} but the file holds {blocks} transformer "
+            "blocks. The metadata is wrong or was edited: pass the matching config=, or re-save the file with "
+            "save_checkpoint"
+        )
 
 
 @lru_cache(maxsize=8)

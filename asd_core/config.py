@@ -12,6 +12,30 @@ import json
 from dataclasses import dataclass
 
 WAN_TEXT_LEN = 512  # umt5 tokens Wan2.1 pads every prompt to
+# Upper bounds far above any Wan model (1.3B: 30 layers, 12 heads of 128, ffn 8960, 1024 RoPE
+# positions; 14B: 40 layers, 40 heads, ffn 13824) that keep a crafted file from asking for a
+# model no machine could build (num_layers: 10000000 used to hang every reader).
+_INT_RANGES = {
+    "num_layers": (1, 1000),
+    "num_attention_heads": (1, 1024),
+    "attention_head_dim": (2, 4096),
+    "ffn_dim": (1, 1 << 20),
+    "in_channels": (1, 4096),
+    "out_channels": (1, 4096),
+    "text_dim": (1, 1 << 16),
+    "freq_dim": (1, 1 << 16),
+    "rope_max_seq_len": (1, 1 << 16),
+    "chunk_frames": (1, 1 << 16),
+}
+MAX_PATCH = 64
+MAX_TOKENS = 1 << 16
+
+
+def _check_int(name: str, value, low: int, high: int, what: str | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        kind = "" if isinstance(value, int) and not isinstance(value, bool) else f" ({type(value).__name__})"
+        raise ValueError(f"{name} must be {what or f'a whole number in [{low}, {high}]'}, got {shown}{kind}")
 
 
 @dataclass
@@ -36,14 +60,30 @@ class CausalWanConfig:
     text_len: int | None = None
 
     def __post_init__(self):
-        self.patch_size = tuple(int(p) for p in self.patch_size)
-        if self.chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
-        if self.text_len is not None and (isinstance(self.text_len, bool) or not isinstance(self.text_len, int)
-                                          or self.text_len < 1):
-            raise ValueError(f"text_len must be a positive number of tokens or None, got {self.text_len!r}")
+        """Type- and range-check every field: a config arrives from file metadata or user JSON, and a
+        wrong one must fail here in one line, not hang or crash deep inside the model build."""
+        for name, (low, high) in _INT_RANGES.items():
+            _check_int(name, getattr(self, name), low, high)
         if self.attention_head_dim % 2:
             raise ValueError(f"attention_head_dim must be even for RoPE, got {self.attention_head_dim}")
+        patch = self.patch_size
+        if not isinstance(patch, (list, tuple)) or len(patch) != 3:
+            raise ValueError(f"patch_size must be 3 whole numbers (frames, height, width), got {patch!r}")
+        for value in patch:
+            _check_int("patch_size", value, 1, MAX_PATCH)
+        self.patch_size = tuple(patch)
+        if self.chunk_frames % self.patch_size[0]:
+            raise ValueError(f"chunk_frames ({self.chunk_frames}) must be a multiple of the temporal patch "
+                             f"size ({self.patch_size[0]})")
+        if self.text_len is not None:
+            _check_int("text_len", self.text_len, 1, MAX_TOKENS, what="a positive number of tokens or None")
+        if not isinstance(self.cross_attn_norm, bool):
+            raise ValueError(f"cross_attn_norm must be true or false, got {self.cross_attn_norm!r}")
+        if self.qk_norm is not None and (not isinstance(self.qk_norm, str) or not 0 < len(self.qk_norm) <= 64):
+            raise ValueError(f"qk_norm must be a norm name such as 'rms_norm_across_heads' or None, "
+                             f"got {str(self.qk_norm)[:40]!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 < self.eps < 1:
+            raise ValueError(f"eps must be a number in (0, 1), got {str(self.eps)[:40]!r}")
 
     @property
     def width(self) -> int:
@@ -66,6 +106,8 @@ class CausalWanConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> CausalWanConfig:
+        if not isinstance(values, dict):
+            raise ValueError(f"a model config is a JSON object of fields, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -319,3 +319,87 @@ def test_inspect_bad_file_exits_2_without_traceback(tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.startswith("asd-inspect: error:")
         assert "Traceback" not in captured.err
+
+
+# --- crafted metadata and damaged files (issue 25 items 5 and 7) -----------------------------------
+
+def _with_config(tmp_path, weights, **changes):
+    config = json.loads(CONFIG.to_json())
+    config.update(changes)
+    path = tmp_path / "crafted.safetensors"
+    safetensors.torch.save_file(weights, path, metadata={"asd.format": FORMAT, "asd.config": json.dumps(config)})
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_layers=10000000), r"num_layers must be a whole number in \[1, 1000\], got 10000000"),
+    (dict(num_layers=900), r"the model config says num_layers 900 but the file holds 2 transformer blocks"),
+    (dict(num_attention_heads="2"), r"num_attention_heads must be a whole number in \[1, 1024\], got '2' \(str\)"),
+    (dict(num_attention_heads=-2), r"num_attention_heads must be a whole number .* got -2"),
+    (dict(num_layers=2.0), r"num_layers must be a whole number .* got 2.0 \(float\)"),
+    (dict(patch_size=[1, 2]), r"patch_size must be 3 whole numbers"),
+    (dict(patch_size=[1, "2", 2]), r"patch_size must be a whole number"),
+    (dict(cross_attn_norm="yes"), r"cross_attn_norm must be true or false"),
+    (dict(eps=float("inf")), r"eps must be a number in \(0, 1\)"),
+    (dict(rope_max_seq_len=10**9), r"rope_max_seq_len must be a whole number in \[1, 65536\]"),
+])
+def test_crafted_metadata_is_refused_before_any_model_is_built(tmp_path, weights, monkeypatch, changes, message):
+    import asd_core.checkpoint as checkpoint
+
+    built = []
+    monkeypatch.setattr(checkpoint, "_expected_shapes", lambda *a: built.append(1) or {})
+    for read in (read_checkpoint, checkpoint.read_config):
+        with pytest.raises(CheckpointError, match=message):
+            read(_with_config(tmp_path, weights, **changes))
+    assert built == []  # refused from the metadata and the tensor shapes alone
+    assert inspect_main([str(_with_config(tmp_path, weights, **changes))]) == 2
+
+
+def test_metadata_of_another_model_size_names_the_mis_shaped_tensors(tmp_path, weights):
+    with pytest.raises(CheckpointError, match=r"mis-shaped: condition_embedder.text_embedder.linear_1.weight file "
+                                              r"\(64, 32\) vs model \(64, 48\)"):
+        read_checkpoint(_with_config(tmp_path, weights, text_dim=48))
+
+
+def test_metadata_that_is_not_an_object_is_a_clear_error(tmp_path, weights):
+    path = tmp_path / "list.safetensors"
+    safetensors.torch.save_file(weights, path, metadata={"asd.format": FORMAT, "asd.config": "[1, 2]"})
+    with pytest.raises(CheckpointError, match="a model config is a JSON object of fields, got list"):
+        read_checkpoint(path)
+
+
+def test_block_indices_must_run_from_zero():
+    """A foreign file's layer count is inferred from its keys: one key `blocks.10000000.` must not
+    make a 10-million-layer model."""
+    sparse = {k.replace("blocks.1.", "blocks.10000000."): v for k, v in random_state_dict(WAN_SHAPED).items()}
+    with pytest.raises(CheckpointError, match=r"block indices are not 0..N-1 \(found 0, 10000000\)"):
+        infer_config(sparse)
+
+
+def test_a_directory_is_reported_as_a_directory(tmp_path, weights):
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file: it holds no .safetensors"):
+        read_checkpoint(tmp_path)
+    save_checkpoint(tmp_path / "inside.safetensors", weights, CONFIG)
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file: pass one of the files in it: "
+                                              "inside.safetensors"):
+        read_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [0, 100, 0.5])
+def test_truncated_pt_is_reported_as_truncated_not_as_pickled_objects(tmp_path, weights, cut):
+    path = tmp_path / "cut.pt"
+    torch.save(weights, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(cut * len(data)) if isinstance(cut, float) else cut])
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert ("is empty" if cut == 0 else "is truncated or corrupt") in message and "pickled" not in message
+    assert "save it again" in message
+
+
+def test_read_config_reads_only_the_header(tmp_path, weights):
+    path = save_checkpoint(tmp_path / "s.safetensors", weights, CONFIG, plan="2*")
+    header = read_checkpoint(path, tensors=False)
+    assert header.config == CONFIG and header.plan == "2*"
+    assert all(t.device.type == "meta" for t in header.state_dict.values())
