@@ -13,11 +13,15 @@ Specs users type (`parse_plan`):
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_SHIFT = 5.0  # Wan 2.1 / Self Forcing
+# Shifts outside this range squeeze every step after the first against 0 (tiny shifts) or every
+# step against 1000 (huge ones, which sample pure noise); 1e-300 used to divide by zero.
+SHIFT_RANGE = (1e-3, 1e3)
 FFE_FIRST_STEPS = 4  # first-chunk steps of the "N*" shorthand (the paper's 1* and 2*)
 
 ACCEPTED_SPECS = (
@@ -38,7 +42,10 @@ def sigma_to_timestep(sigma: float) -> float:
 def warp_sigma(sigma: float, shift: float) -> float:
     """Wan's timestep shift: sigma' = shift*s / (1 + (shift-1)*s); more time at high noise."""
     # min(): rounding can push sigma=1 a hair above 1 for shift < 1 (found by a property test).
-    return min(1.0, shift * sigma / (1 + (shift - 1) * sigma))
+    denominator = 1 + (shift - 1) * sigma
+    if denominator <= 0:  # shift so small (1e-300) that shift - 1 rounds to -1: at sigma = 1 the limit is 1
+        return 1.0
+    return min(1.0, shift * sigma / denominator)
 
 
 def uniform_timesteps(num_steps: int) -> list[float]:
@@ -49,7 +56,17 @@ def uniform_timesteps(num_steps: int) -> list[float]:
 
 
 def warp_timesteps(timesteps: list[float], shift: float) -> tuple[float, ...]:
-    return tuple(sigma_to_timestep(warp_sigma(timestep_to_sigma(t), shift)) for t in timesteps)
+    """The timesteps after Wan's shift. A shift outside SHIFT_RANGE, or one that merges steps the
+    user's list kept apart, is refused rather than sampled (pure noise, or steps that never denoise)."""
+    low, high = SHIFT_RANGE
+    if not math.isfinite(shift) or not low <= shift <= high:
+        raise ValueError(f"shift must be a finite number in [{low:g}, {high:g}] (Wan uses {DEFAULT_SHIFT:g}), got {shift}")
+    warped = tuple(sigma_to_timestep(warp_sigma(timestep_to_sigma(t), shift)) for t in timesteps)
+    if any(a <= b for a, b in zip(warped, warped[1:])) or (warped and not warped[-1] > 0):
+        shown = ", ".join(f"{t:.4g}" for t in warped[:6]) + (", ..." if len(warped) > 6 else "")
+        raise ValueError(f"shift={_number(shift)} collapses the timesteps to [{shown}]: the steps would not denoise; "
+                         f"use a moderate shift such as 1 to 10 (Wan uses {DEFAULT_SHIFT:g})")
+    return warped
 
 
 @dataclass(frozen=True)
@@ -184,8 +201,10 @@ def _parse_shift(text: str, spec: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"shift in {spec!r} must be a number, got {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"shift must be > 0, got {value}")
+    low, high = SHIFT_RANGE
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"shift in {spec!r} must be a finite number in [{low:g}, {high:g}] (Wan uses "
+                         f"{DEFAULT_SHIFT:g}), got {text!r}")
     return value
 
 
@@ -198,7 +217,8 @@ def _positive(text: str, spec: str) -> int:
 
 def _number(value: float) -> str:
     """Shortest text that parses back to the same float ('1000', '937.5', '333.3333333333333')."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def _join(values) -> str:

@@ -64,13 +64,31 @@ def test_shift_option_and_default():
         ("rest=a,b", "numbers separated by commas"),
         ("4;speed=2", "unknown key"),
         ("4;rest=1000", "mixes a shorthand"),
-        ("4;shift=-1", "shift must be > 0"),
+        ("4;shift=-1", "must be a finite number in [0.001, 1000]"),
+        # issue 25 item 6: an infinite shift used to be accepted (every step at 1000: pure noise),
+        # 1e-300 raised ZeroDivisionError, 1e300 collapsed the steps silently
+        ("4;shift=inf", "must be a finite number in"),
+        ("4;shift=nan", "must be a finite number in"),
+        ("4;shift=1e-300", "must be a finite number in"),
+        ("1*;shift=1e-300", "must be a finite number in"),
+        ("4;shift=1e300", "must be a finite number in"),
+        ("rest=1000,999.9999999999999;shift=1000", "collapses the timesteps"),
+        (";", "empty step plan"),
     ],
 )
 def test_bad_specs_say_what_is_accepted(spec, fragment):
     with pytest.raises(ValueError) as error:
         parse_plan(spec)
     assert fragment in str(error.value)
+
+
+def test_shifts_across_the_accepted_range_stay_valid():
+    """The ends of SHIFT_RANGE still give distinct steps for the longest plan (1000 steps)."""
+    assert parse_plan("4;shift=0.01").rest[1] < 100 and parse_plan("50;shift=100").rest[-1] > 600
+    assert parse_plan("1000;shift=0.001").rest[-1] > 0 and parse_plan("1000;shift=1000").rest[-2] < 1000
+    from asd_core.schedule import warp_sigma
+
+    assert warp_sigma(1.0, 1e-300) == 1.0  # was ZeroDivisionError
 
 
 def test_unknown_spec_lists_accepted_forms():
