@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .request import API_NAMES, check_request, check_seed
 from .schedule import StepPlan, timestep_to_sigma
 
 
@@ -32,20 +33,23 @@ class SamplerProgress:
     finished_chunk: torch.Tensor | None = None  # (B, C, f, H, W) when a chunk just finished
 
 
-def check_video_shape(num_frames: int, chunk_frames: int, latent_height: int, latent_width: int, patch_size) -> None:
-    """Reject shapes the chunking or the patchify cannot take, before any model runs."""
-    if num_frames < 1 or num_frames % chunk_frames:
-        lower = max(chunk_frames, num_frames // chunk_frames * chunk_frames)
-        raise ValueError(
-            f"{num_frames} latent frames do not split into chunks of {chunk_frames}; "
-            f"use a multiple of {chunk_frames} (e.g. {lower} or {lower + chunk_frames})"
-        )
-    _, p_h, p_w = patch_size
-    if latent_height % p_h or latent_width % p_w:
-        raise ValueError(
-            f"latent size {latent_height}x{latent_width} is not divisible by the patch size {p_h}x{p_w}; "
-            f"pixel sizes must be multiples of {8 * p_h}x{8 * p_w}"
-        )
+def check_video_shape(model, *, num_frames: int, latent_height: int, latent_width: int, seeds: Sequence[int],
+                      guided: bool = False, context_noise: float = 0.0, cfg_scale: float = 1.0,
+                      prefix_frames: int = 0, max_cache_frames: int | None = None, sink_frames: int | None = None,
+                      chunk_frames: int | None = None, reusable_cache: KVCache | None = None) -> None:
+    """Reject a request the chunking, RoPE, the cache window or the device's memory cannot take,
+    before any model runs (the rules live in `asd_core.request`, shared with the CLI and nodes).
+
+    `reusable_cache`: a cache this call may reuse; its bytes are already allocated, so they count
+    as available rather than needed twice.
+    """
+    for seed in seeds:
+        check_seed(seed, "seeds")
+    held = reusable_cache.nbytes() if reusable_cache is not None else 0
+    check_request(model.config, frames=num_frames, width=latent_width, height=latent_height, batch=len(seeds),
+                  guided=guided, context_noise=context_noise, cfg_scale=cfg_scale, prefix_frames=prefix_frames,
+                  window_frames=max_cache_frames, sink_frames=sink_frames, chunk_frames=chunk_frames,
+                  device=model.device, dtype=model.dtype, held_bytes=held, names=API_NAMES)
 
 
 def sample_video(
@@ -89,13 +93,12 @@ def sample_video(
     """
     config = model.config
     chunk_frames = chunk_frames or config.chunk_frames
-    check_video_shape(num_frames, chunk_frames, latent_height, latent_width, config.patch_size)
     batch = len(seeds)
-    if batch < 1:
-        raise ValueError("give at least one seed (one per sample)")
-    if not 0 <= context_noise <= 1000:
-        raise ValueError(f"context_noise is a timestep in [0, 1000], got {context_noise}")
     guided = negative_context is not None and cfg_scale != 1.0
+    check_video_shape(model, num_frames=num_frames, latent_height=latent_height, latent_width=latent_width,
+                      seeds=seeds, guided=guided, context_noise=context_noise, cfg_scale=cfg_scale,
+                      prefix_frames=0 if prefix is None else prefix.shape[2], max_cache_frames=max_cache_frames,
+                      sink_frames=sink_frames, chunk_frames=chunk_frames, reusable_cache=cache)
     contexts = _batch_contexts(context, negative_context if guided else None, batch)
     prefix_frames = 0 if prefix is None else prefix.shape[2]
     if prefix is not None and (prefix.shape[0] != batch or prefix.shape[1] != config.in_channels

@@ -28,14 +28,13 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, un
 from einops import rearrange
 
 from .atomic import save_safetensors
+from .request import SPATIAL_FACTOR, TEMPORAL_FACTOR, latent_frames_for, pixel_frames_for  # noqa: F401  (the shape rule lives there)
 
 _DEFAULTS = inspect.signature(AutoencoderKLWan.__init__).parameters
 # The 16 per-channel statistics of the real Wan 2.1 VAE (diffusers' default config, the
 # values Wan's own code and ComfyUI's Wan21 latent format use).
 WAN21_LATENTS_MEAN: tuple[float, ...] = tuple(_DEFAULTS["latents_mean"].default)
 WAN21_LATENTS_STD: tuple[float, ...] = tuple(_DEFAULTS["latents_std"].default)
-TEMPORAL_FACTOR = 4  # 4k + 1 pixel frames -> k + 1 latent frames
-SPATIAL_FACTOR = 8
 
 
 def tiny_vae_config(**overrides) -> dict:
@@ -58,17 +57,6 @@ def to_raw(latents: torch.Tensor, mean=WAN21_LATENTS_MEAN, std=WAN21_LATENTS_STD
 def from_raw(latents: torch.Tensor, mean=WAN21_LATENTS_MEAN, std=WAN21_LATENTS_STD) -> torch.Tensor:
     """Raw VAE latents (a ComfyUI LATENT) (B, C, F, H, W) -> normalised latents for the transformer."""
     return (latents - _channel_stats(mean, latents)) / _channel_stats(std, latents)
-
-
-def latent_frames_for(pixel_frames: int) -> int:
-    """The Wan VAE compresses time 4x causally: 4k + 1 pixel frames -> k + 1 latent frames."""
-    if pixel_frames < 1 or (pixel_frames - 1) % TEMPORAL_FACTOR:
-        raise ValueError(f"{pixel_frames} pixel frames: the Wan VAE needs 4k+1 frames (1, 5, 9, ..., 33, ..., 81)")
-    return (pixel_frames - 1) // TEMPORAL_FACTOR + 1
-
-
-def pixel_frames_for(latent_frames: int) -> int:
-    return (latent_frames - 1) * TEMPORAL_FACTOR + 1
 
 
 def chunk_pixel_ranges(latent_frames: int, chunk_frames: int) -> list[tuple[int, int]]:

@@ -140,7 +140,7 @@ def test_cfg_scale_one_ignores_negative_and_rolling_window_larger_than_video_cha
 
 
 def test_bad_inputs_are_rejected_before_any_model_call(model, context):
-    with pytest.raises(ValueError, match="multiple of 2"):
+    with pytest.raises(ValueError, match="5 latent frames do not split into chunks of 2; use num_frames 4 or 6"):
         run(model, context, frames=5)
     with pytest.raises(ValueError, match="patch size"):
         generate_latents(model, plan=parse_plan("1"), context=context, num_frames=2, latent_height=7,
@@ -175,3 +175,48 @@ def test_chunk_frames_argument_leaves_the_model_config_alone(model, context):
     frame_wise.load_state_dict(model.state_dict())
     expected = reference_sampler(frame_wise, parse_plan("1"), context, 6, [1, 2])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    # tiny_config: 256 RoPE positions per axis, chunks of 2 (issue 25 item 4: failed after the model ran)
+    (dict(frames=258), r"num_frames 258: 258 latent frames exceed the 256 frame positions .* use num_frames 256 or fewer"),
+    (dict(frames=254, prefix=torch.zeros(2, 16, 4, H, W)), r"after a prefix of 4 latent frames exceed .* 252 or fewer"),
+    (dict(max_cache_frames=3), r"max_cache_frames=3 is too small: .* 2 sink frames .* >= 4"),
+    (dict(context_noise=float("nan")), r"context_noise is a timestep in \[0, 1000\], got nan"),
+    (dict(cfg_scale=float("inf"), negative_context=torch.zeros(1, 5, 32)), r"cfg_scale must be a finite number"),
+    (dict(seeds=(1, 10**23)), r"seeds must be an integer in \[0, 2\^64 - 1\], got 1000000"),
+])
+def test_requests_the_model_cannot_run_are_refused_before_any_model_call(model, context, kwargs, message):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            run(model, context, **kwargs)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_a_request_larger_than_the_device_memory_is_refused_with_what_fits(context, monkeypatch):
+    """Memory is estimated up front (KV cache from the config + latents + activations) against what
+    the device has; the refusal says how much is needed and the largest request that fits, and that
+    request then runs."""
+    import re
+
+    import asd_core.request as request
+
+    torch.manual_seed(0)
+    fresh = CausalWanTransformer(tiny_config(chunk_frames=2)).eval()
+    budget = request.estimate_memory(fresh.config, batch=2, latent_frames=8, latent_height=H, latent_width=W).total
+    monkeypatch.setattr(request, "device_memory", lambda device: budget)
+    calls = []
+    handle = fresh.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError) as refused:
+        run(fresh, context, frames=40)
+    handle.remove()
+    message = str(refused.value)
+    assert calls == [] and len(message.splitlines()) == 1
+    assert re.fullmatch(r"40 latent frames of 8x8 need about [\d.]+ MB \(KV cache [\d.]+ MB, activations [\d.]+ MB, "
+                        r"latents [\d.]+ MB\) but cpu has [\d.]+ MB available: use num_frames 8 or fewer, or a smaller "
+                        r"latent_width/latent_height, or a smaller batch", message), message
+    assert run(fresh, context, frames=8).shape[2] == 8
