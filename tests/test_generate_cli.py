@@ -1,5 +1,7 @@
 """`asd-generate` end to end on the built-in default (and its untrained stand-in when no weights are there)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,7 +95,7 @@ def test_checkpoint_with_other_text_width_is_a_clear_error(tmp_path, capsys):
         (["--frames", "17"], "5 latent frames, which do not split into chunks of 3; use --frames 9 or 21"),
         (["--plan", "turbo"], "turbo"),
         (["--steps", "0"], "--steps must be >= 1"),
-        (["--cfg-scale", "-2"], "--cfg-scale must be >= 0"),
+        (["--cfg-scale", "-2"], "--cfg-scale must be a finite number >= 0"),
         (["--width", "40"], "multiples of 16"),
         (["--out", "clip.avi"], "accepted extensions"),
         (["--checkpoint", "missing.safetensors"], "missing.safetensors"),
@@ -176,9 +178,11 @@ def test_chunks_are_decoded_as_they_finish_and_the_bar_ticks_per_model_call(tmp_
 
 
 def test_real_wan_inputs_are_checked_before_loading(tmp_path, capsys):
-    from asd_core.cli.generate import _latent_frames
+    from asd_core.config import wan21_t2v_1_3b
+    from asd_core.request import check_request
 
-    assert _latent_frames(81, 3) == 21 and _latent_frames(33, 3) == 9
+    assert check_request(wan21_t2v_1_3b(), frames=81, width=832, height=480).latent_frames == 21
+    assert check_request(toy_model_config(), frames=33, width=64, height=64).latent_frames == 9
     cases = [
         (["--text-encoder", str(tmp_path)], "needs --vae"),
         (["--vae", str(tmp_path / "Wan2.1_VAE.pth")], "Wan2.1_VAE.pth"),
@@ -231,3 +235,133 @@ def test_real_wan_branch_end_to_end_with_tiny_umt5_and_vae(tmp_path, capsys, dty
     assert line.startswith(f"wrote {out}: 9 frames 32x16, plan 2* (first chunk 4 steps, later 2), ")
     assert line.endswith("[causal.safetensors]")  # no toy pieces involved, no UNTRAINED note
     assert read_video(out).shape == (9, 16, 32, 3)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fails the test if anything loads a model: these requests must be refused before that."""
+    import asd_core.checkpoint
+    import asd_core.toy.defaults
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for a request that should have been refused first")
+
+    monkeypatch.setattr(asd_core.checkpoint, "load_model", refuse)
+    monkeypatch.setattr(asd_core.toy.defaults, "load_default_pipeline", refuse)
+
+
+def _student_tensors() -> dict:
+    import safetensors.torch
+
+    from asd_core.toy.defaults import default_file
+
+    return safetensors.torch.load_file(default_file("student"))
+
+
+def _crafted(tmp_path, name, **changes):
+    """The shipped student's tensors under edited metadata (issue 25 item 5)."""
+    import json
+
+    import safetensors.torch
+
+    from asd_core.checkpoint import FORMAT
+
+    config = json.loads(toy_model_config().to_json())
+    config.update(changes)
+    path = tmp_path / name
+    safetensors.torch.save_file(_student_tensors(), path,
+                                metadata={"asd.format": FORMAT, "asd.config": json.dumps(config)})
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    # issue 25 item 4: each of these used to fail only after loading, or after the whole generation
+    (["--width", "100000", "--height", "100000"], "--width 100000 is larger than this model can place: RoPE has 256 "
+                                                  "positions of 16 per axis (rope_max_seq_len), so use --width 4096 or less"),
+    (["--frames", "1053"], "--frames 1053: 264 latent frames exceed the 256 frame positions this model has "
+                           "(rope_max_seq_len; a rolling window does not extend them); use --frames 1017 or fewer"),
+    (["--fps", "0"], "--fps must be a number in (0, 1000], got 0.0"),
+    (["--fps", "nan"], "--fps must be a number in (0, 1000]"),
+    (["--context-noise", "nan"], "--context-noise: context_noise is a timestep in [0, 1000], got nan"),
+    # issue 25 item 6
+    (["--plan", ""], "--plan: empty step plan; accepted:"),
+    (["--plan", "4;shift=inf"], "shift in '4;shift=inf' must be a finite number in [0.001, 1000]"),
+    (["--plan", "4;shift=1e-300"], "shift in '4;shift=1e-300' must be a finite number in [0.001, 1000]"),
+    (["--cfg-scale", "inf"], "--cfg-scale must be a finite number >= 0"),
+    # issue 25 item 7
+    (["--seed", str(10**23)], f"--seed must be an integer in [0, 2^64 - 1], got {10**23}"),
+    (["--checkpoint", "."], "is a directory, not a checkpoint file"),
+])
+def test_bad_requests_are_refused_before_any_model_is_loaded(tmp_path, capsys, no_model_loads, args, message):
+    assert main(["--out", str(tmp_path / "x.gif"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asd-generate: error:") and message in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x.gif").exists()
+
+
+def test_unwritable_out_is_refused_before_any_model_is_loaded(tmp_path, capsys, no_model_loads):
+    (tmp_path / "file").write_text("")
+    cases = [(tmp_path / "file" / "x.gif", "is a file, not a folder"),
+             (tmp_path, "accepted extensions"),
+             (tmp_path / "dir.gif", "is a directory")]
+    (tmp_path / "dir.gif").mkdir()
+    if Path("/proc/self").exists():  # a file system nobody can create files in, even root
+        cases.append((Path("/proc/asd/x.gif"), "cannot write in /proc"))
+    for out, message in cases:
+        assert main(["--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_memory_is_estimated_against_the_device_before_loading(tmp_path, capsys, no_model_loads, monkeypatch):
+    import asd_core.request
+
+    monkeypatch.setattr(asd_core.request, "device_memory", lambda device: 10**9)  # 1 GB free
+    assert main(["--out", str(tmp_path / "x.gif"), "--frames", "81", "--width", "1024", "--height", "1024"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "81 frames of 1024x1024 need about " in err and "but cpu has 1.0 GB available: use --frames " in err
+    assert "or fewer, or a smaller --width/--height" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_layers=10000000), "num_layers must be a whole number in [1, 1000], got 10000000"),
+    (dict(num_layers=40), "the model config says num_layers 40 but the file holds 4 transformer blocks"),
+    (dict(num_attention_heads="2"), "num_attention_heads must be a whole number in [1, 1024], got '2' (str)"),
+    (dict(num_attention_heads=-2), "num_attention_heads must be a whole number in [1, 1024], got -2"),
+    (dict(ffn_dim=512), "mis-shaped: blocks.0.ffn.net.0.proj.weight file (256, 128) vs model (512, 128)"),
+])
+def test_crafted_metadata_is_refused_quickly(tmp_path, capsys, no_model_loads, changes, message):
+    path = _crafted(tmp_path, "crafted.safetensors", **changes)
+    assert main(["--checkpoint", str(path), "--out", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "crafted.safetensors" in err and len(err.splitlines()) == 1, err
+
+
+def test_truncated_pt_is_reported_as_truncated(tmp_path, capsys, no_model_loads):
+    path = tmp_path / "cut.pt"
+    torch.save(_student_tensors(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    assert main(["--checkpoint", str(path), "--out", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cut.pt is truncated or corrupt" in err and "pickled" not in err, err
+
+
+def test_non_finite_output_is_refused_and_nothing_is_written(tmp_path, capsys):
+    """NaN weights and guidance that overflows used to write a garbage video with exit 0."""
+    state = load_default_pipeline().model.state_dict()
+    state["proj_out.weight"] = torch.full_like(state["proj_out.weight"], float("nan"))
+    path = save_checkpoint(tmp_path / "nan.safetensors", state, toy_model_config())
+    small = ["--frames", "9", "--width", "16", "--height", "16"]
+    for args in (["--checkpoint", str(path)], ["--cfg-scale", "1e38"]):
+        out = tmp_path / "x.gif"
+        assert main(["--out", str(out), *small, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's \r-rewritten line
+        assert err.startswith("asd-generate: error: the model produced NaN or infinite values in chunk 1 of 1, "
+                              "nothing was written"), err
+        assert not out.exists() and ("--cfg-scale 1e+38 may be too large" in err) == ("1e38" in args)
+
+
+def test_a_huge_prompt_error_is_short(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x.gif"), "--prompt", "a " * 50000]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prompt has 50000 tokens" in err and "(100000 characters)" in err and len(err) < 400, err[:500]

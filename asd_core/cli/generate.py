@@ -18,7 +18,10 @@ With them the sizes default to Wan's 81 frames of 832x480 at 16 fps.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,14 +29,16 @@ import torch
 from tqdm import tqdm
 
 from ..devices import DTYPES, resolve_device, resolve_dtype
+from ..request import CLI_NAMES, check_request, check_seed
 from ..schedule import StepPlan, parse_plan
 from ..toy.defaults import TOY
-from ..vae import SPATIAL_FACTOR, TEMPORAL_FACTOR
 from ..video_io import VIDEO_EXTENSIONS
 
 DEFAULT_PROMPT = "a red circle and a blue square"
 WAN_SIZES = {"frames": 81, "width": 832, "height": 480, "fps": 16}
 TOY_SIZES = {"frames": TOY.pixel_frames, "width": TOY.width, "height": TOY.height, "fps": TOY.fps}
+MAX_FPS = 1000.0  # beyond this no player shows the frames (GIF/WebP store whole milliseconds per frame)
+ECHO_LIMIT = 80  # characters of a quoted user value (a prompt) kept in an error message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = generate(args)
     except (ValueError, OSError, ImportError) as error:
-        message = " ".join(str(error).split())  # one line, whatever the exception text holds
-        print(f"asd-generate: error: {message}", file=sys.stderr)
+        print(f"asd-generate: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "alloc" not in str(error) and "out of memory" not in str(error):
+            raise  # a bug: keep its traceback
+        print(f"asd-generate: error: out of memory ({one_line(error)[:200]}); use fewer --frames or a smaller "
+              "--width/--height", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asd-generate: interrupted, nothing written", file=sys.stderr)
@@ -87,25 +97,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def one_line(error: BaseException) -> str:
+    """The error's text on one line, with any long quoted value (a 100k-character prompt) cut short."""
+    message = " ".join(str(error).split())
+
+    def cut(match: re.Match) -> str:
+        quote, text = match[1], match[2]
+        return f"{quote}{text[:ECHO_LIMIT]}...{quote} ({len(text)} characters)"
+
+    return re.sub(rf"(['\"])([^'\"]{{{ECHO_LIMIT + 20},}})\1", cut, message)
+
+
 def generate(args: argparse.Namespace) -> str:
-    """Load, sample, decode chunk by chunk, write; returns the summary line."""
-    from ..checkpoint import recorded_guidance
+    """Check the whole request, load, sample, decode chunk by chunk, write; returns the summary line."""
+    from ..checkpoint import check_checkpoint_path, recorded_guidance
     from ..sampler import sample_video
     from ..vae import pixels_to_video
     from ..video_io import write_video
 
-    # Cheap checks first: a typo should not cost a model load.
+    # Cheap checks first: a typo should not cost a model load, and nothing may fail after sampling.
     out = Path(args.out)
-    if out.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise ValueError(f"--out {out.name!r}: accepted extensions are {', '.join(VIDEO_EXTENSIONS)}")
+    check_output(out)
+    check_seed(args.seed, "--seed")
+    if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
+        raise ValueError(f"--fps must be a number in (0, {MAX_FPS:g}], got {args.fps}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not 0 <= args.context_noise <= 1000:
-        raise ValueError(f"--context-noise: context_noise is a timestep in [0, 1000], got {args.context_noise}")
-    if args.cfg_scale is not None and not args.cfg_scale >= 0:
-        raise ValueError(f"--cfg-scale must be >= 0 (1 = no guidance), got {args.cfg_scale}")
-    user_plan = parse_plan(args.plan) if args.plan else (parse_plan(str(args.steps)) if args.steps else None)
-    for name in ("checkpoint", "text_encoder", "vae"):
+    if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
+        raise ValueError(f"--cfg-scale must be a finite number >= 0 (1 = no guidance), got {args.cfg_scale}")
+    user_plan = None
+    if args.plan is not None:  # "" is a mistake to report, not a request for the trained plan
+        try:
+            user_plan = parse_plan(args.plan)
+        except ValueError as err:
+            raise ValueError(f"--plan: {err}") from None
+    elif args.steps is not None:
+        user_plan = parse_plan(str(args.steps))
+    if args.checkpoint:
+        check_checkpoint_path(Path(args.checkpoint))
+    for name in ("text_encoder", "vae"):
         value = getattr(args, name)
         if value and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file or folder")
@@ -113,24 +143,24 @@ def generate(args: argparse.Namespace) -> str:
         raise ValueError("--text-encoder (umt5 for real Wan) needs --vae too: the Wan 2.1 VAE the model's latents belong to")
     device, dtype = device_and_dtype(args.device, args.dtype)
 
-    from ..pipeline import Pipeline
-
-    pipeline = Pipeline.load(args.checkpoint, text_encoder=args.text_encoder, vae=args.vae, device=device, dtype=dtype)
-    model, text_encoder, codec, label = pipeline.model, pipeline.text_encoder, pipeline.codec, pipeline.label
+    # The model's config and metadata from the file header alone: the request is checked against
+    # them (frames, sizes, RoPE limits, memory) before any weights are loaded.
+    config, metadata, source = _model_header(args)
     sizes = WAN_SIZES if args.text_encoder else TOY_SIZES
     frames = args.frames if args.frames is not None else sizes["frames"]
     width = args.width if args.width is not None else sizes["width"]
     height = args.height if args.height is not None else sizes["height"]
     fps = args.fps if args.fps is not None else sizes["fps"]
-    config = model.config
-    latent_frames = _latent_frames(frames, config.chunk_frames)
-    _, p_h, p_w = config.patch_size
-    if width % (SPATIAL_FACTOR * p_w) or height % (SPATIAL_FACTOR * p_h) or width < 1 or height < 1:
-        raise ValueError(f"--width/--height must be positive multiples of {SPATIAL_FACTOR * p_w}x{SPATIAL_FACTOR * p_h} "
-                         f"(VAE 8x, patch {p_h}x{p_w}), got {width}x{height}")
+    cfg = args.cfg_scale if args.cfg_scale is not None else recorded_guidance(metadata, source, default=1.0)
+    shape = check_request(config, frames=frames, width=width, height=height, guided=cfg != 1.0,
+                          context_noise=args.context_noise, cfg_scale=cfg, device=device, dtype=dtype,
+                          include_weights=True, decoded_pixels=True, names=CLI_NAMES)
+
+    from ..pipeline import Pipeline
+
+    pipeline = Pipeline.load(args.checkpoint, text_encoder=args.text_encoder, vae=args.vae, device=device, dtype=dtype)
+    model, text_encoder, codec, label = pipeline.model, pipeline.text_encoder, pipeline.codec, pipeline.label
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
-    cfg = args.cfg_scale if args.cfg_scale is not None else recorded_guidance(
-        getattr(model, "checkpoint_metadata", {}), label, default=1.0)
 
     with torch.no_grad():
         context = text_encoder.encode([args.prompt])  # (1, L, text_dim); the model casts it to its dtype
@@ -138,6 +168,7 @@ def generate(args: argparse.Namespace) -> str:
 
     start = time.perf_counter()
     pieces, bar = [], None
+    num_chunks = shape.latent_frames // config.chunk_frames
 
     def tick(progress) -> None:
         nonlocal bar
@@ -149,20 +180,50 @@ def generate(args: argparse.Namespace) -> str:
 
     try:
         with codec.decode_stream() as stream:
-            for chunk in sample_video(model, plan=plan, context=context, num_frames=latent_frames,
-                                      latent_height=height // SPATIAL_FACTOR, latent_width=width // SPATIAL_FACTOR,
-                                      seeds=[args.seed], negative_context=negative, cfg_scale=cfg,
-                                      context_noise=args.context_noise, callback=tick):
+            for index, chunk in enumerate(sample_video(
+                    model, plan=plan, context=context, num_frames=shape.latent_frames,
+                    latent_height=shape.latent_height, latent_width=shape.latent_width, seeds=[args.seed],
+                    negative_context=negative, cfg_scale=cfg, context_noise=args.context_noise, callback=tick)):
+                _check_finite(chunk, f"chunk {index + 1} of {num_chunks}", cfg)
                 pieces.append(stream.push(chunk).cpu())  # decoded as soon as the chunk is done
     finally:
         if bar is not None:
             bar.close()
-    video = pixels_to_video(torch.cat(pieces, dim=2))[0]  # (T, H, W, 3) in [0, 1]
+    video = torch.cat(pieces, dim=2)
+    _check_finite(video, "the decoded video", cfg)
+    video = pixels_to_video(video)[0]  # (T, H, W, 3) in [0, 1]
     write_video(out, video, fps=fps)
     seconds = time.perf_counter() - start
     guidance = f", cfg {cfg:g}" if cfg != 1.0 else ""
     return (f"wrote {out}: {video.shape[0]} frames {width}x{height}, plan {describe_plan(plan)}{guidance}, "
             f"{seconds:.1f} s [{label}]")
+
+
+def check_output(out: Path) -> None:
+    """--out must be a video file we can create: a known extension, in a folder that is (or can be) writable."""
+    if out.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise ValueError(f"--out {out.name!r}: accepted extensions are {', '.join(VIDEO_EXTENSIONS)}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name such as {out / ('asd' + out.suffix)}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # the folders write_video would create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: {folder} is a file, not a folder; choose another path")
+    try:  # a real probe: os.access says yes to root on a read-only or virtual file system
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write in {folder} ({err.strerror or err}); choose a folder you can "
+                         "write to") from None
+
+
+def _check_finite(tensor: torch.Tensor, what: str, cfg: float) -> None:
+    """NaN or inf would be written as a black or garbage video with exit 0: refuse instead."""
+    if not torch.isfinite(tensor).all():
+        hint = f"--cfg-scale {cfg:g} may be too large; " if cfg != 1.0 else ""
+        raise ValueError(f"the model produced NaN or infinite values in {what}, nothing was written: {hint}check the "
+                         "checkpoint's weights (asd-inspect) and --dtype (float16 can overflow; try bfloat16 or float32)")
 
 
 def describe_plan(plan: StepPlan) -> str:
@@ -182,24 +243,19 @@ def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype
     return resolved, resolve_dtype(dtype, resolved)
 
 
-def _latent_frames(pixel_frames: int, chunk_frames: int) -> int:
-    """Latent frames for `pixel_frames`, or an error naming the nearest counts that work."""
-    per_chunk = TEMPORAL_FACTOR * chunk_frames  # pixel frames per chunk; valid counts are m * per_chunk - 3
+def _model_header(args):
+    """(config, metadata, source) of the model `Pipeline.load` will load, read from the file header only."""
+    from ..checkpoint import read_config
+    from ..toy.defaults import default_pipeline_files, toy_model_config
 
-    def valid(chunks: int) -> int:
-        return chunks * per_chunk - (TEMPORAL_FACTOR - 1)
-
-    chunks = max(0, (pixel_frames + TEMPORAL_FACTOR - 1) // per_chunk)
-    if chunks >= 1 and valid(chunks) == pixel_frames:
-        return (pixel_frames - 1) // TEMPORAL_FACTOR + 1
-    nearest = " or ".join(str(valid(m)) for m in (chunks, chunks + 1) if m >= 1)
-    if pixel_frames < 1 or (pixel_frames - 1) % TEMPORAL_FACTOR:
-        below = max(1, pixel_frames - (pixel_frames - 1) % TEMPORAL_FACTOR)
-        raise ValueError(f"--frames {pixel_frames}: the Wan VAE needs 4k+1 frames, e.g. {below} or "
-                         f"{below + TEMPORAL_FACTOR}; with chunks of {chunk_frames} latent frames use --frames {nearest}")
-    latent = (pixel_frames - 1) // TEMPORAL_FACTOR + 1
-    raise ValueError(f"--frames {pixel_frames}: {pixel_frames} frames make {latent} latent frames, which do not split "
-                     f"into chunks of {chunk_frames}; use --frames {nearest}")
+    if args.checkpoint:
+        header = read_config(args.checkpoint)
+        return header.config, header.metadata, Path(args.checkpoint).name
+    student = default_pipeline_files().get("student")
+    if student is None:  # the untrained stand-in: the toy architecture, no metadata
+        return toy_model_config(), {}, "built-in default"
+    header = read_config(student)
+    return header.config, header.metadata, "built-in default"
 
 
 if __name__ == "__main__":
