@@ -192,8 +192,9 @@ class _Limits:
         """'9 or 21': the valid counts around `latent` latent frames that fit the model's positions."""
         lower = latent // self.chunk * self.chunk
         counts = [n for n in (lower, lower + self.chunk) if self.chunk <= n <= self.max_frames]
-        if not counts:
-            counts = [self.max_frames // self.chunk * self.chunk]
+        longest = self.max_frames // self.chunk * self.chunk
+        if not counts or counts[-1] < lower + self.chunk:
+            return f"{self.user_frames(min(lower, longest))} or fewer (the RoPE frame positions allow no more)"
         return " or ".join(str(self.user_frames(n)) for n in counts)
 
     def latent_size(self, width: int, height: int) -> tuple[int, int]:

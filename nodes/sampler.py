@@ -11,13 +11,14 @@ from contextlib import contextmanager
 
 import torch
 
+from ..asd_core.request import NODE_NAMES, check_request, check_seed
+from ..asd_core.request import SPATIAL_FACTOR as PIXELS_PER_LATENT  # noqa: F401  (nodes/toy.py imports these)
+from ..asd_core.request import TEMPORAL_FACTOR as FRAMES_PER_LATENT  # noqa: F401
 from . import host
 from .loader import MODEL_TYPE, AsdModel
 from .plan import PLAN_TYPE
 from .preview import ChunkPreviewer
 
-PIXELS_PER_LATENT = 8  # Wan 2.1 VAE: 8x spatial
-FRAMES_PER_LATENT = 4  # Wan 2.1 VAE: 4x temporal, plus the first frame on its own
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 # The frames widget's grid. ComfyUI's frontend snaps an INT widget to min + k*step (offset
 # min % step), so min 9 and step 12 offer exactly 4*(3n - 1) + 1 = 12n - 3 frames: 3n latent
@@ -30,49 +31,6 @@ FRAMES_STEP = FRAMES_PER_LATENT * FRAMES_CHUNK  # 12
 FRAMES_MIN = FRAMES_PER_LATENT * (FRAMES_CHUNK - 1) + 1  # 9: one chunk of 3
 FRAMES_DEFAULT = FRAMES_MIN + FRAMES_STEP  # 21: two chunks
 FRAMES_MAX = FRAMES_MIN + (4097 - FRAMES_MIN) // FRAMES_STEP * FRAMES_STEP  # 4089: the last grid value <= 4097
-
-
-def latent_frames_for(frames: int) -> int:
-    return (frames - 1) // FRAMES_PER_LATENT + 1
-
-
-def pixel_frames_for(latent_frames: int) -> int:
-    return FRAMES_PER_LATENT * (latent_frames - 1) + 1
-
-
-def check_request(*, frames: int, width: int, height: int, chunk_frames: int, patch_size, prefix_frames: int,
-                  window_frames: int, max_frames: int) -> tuple[int, int, int]:
-    """(latent frames, latent height, latent width), or a ValueError saying what to change."""
-    if width % 16 or height % 16 or width < 16 or height < 16:
-        raise ValueError(
-            f"width and height must be multiples of 16, got {width}x{height}; "
-            f"try {max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}"
-        )
-    latent_frames = latent_frames_for(frames)
-    if frames < 1 or (frames - 1) % FRAMES_PER_LATENT or latent_frames % chunk_frames:
-        lower = max(chunk_frames, latent_frames // chunk_frames * chunk_frames)
-        choices = sorted({pixel_frames_for(lower), pixel_frames_for(lower + chunk_frames)})
-        raise ValueError(
-            f"{frames} frames do not split into chunks: the VAE packs 1 + 4*k frames into 1 + k latent frames and the "
-            f"model generates {chunk_frames} latent frames per chunk, so frames must be 4*({chunk_frames}*n - 1) + 1; "
-            f"use {' or '.join(map(str, choices))}"
-        )
-    latent_h, latent_w = height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT
-    _, p_h, p_w = patch_size
-    if latent_h % p_h or latent_w % p_w:
-        raise ValueError(f"width and height must be multiples of {PIXELS_PER_LATENT * p_w}x{PIXELS_PER_LATENT * p_h}")
-    if window_frames:
-        if window_frames < 2 * chunk_frames:
-            raise ValueError(
-                f"window_frames={window_frames} is too small: the rolling cache keeps the first chunk and needs room "
-                f"for at least one more, so use >= {2 * chunk_frames} latent frames, or 0 for no rolling window"
-            )
-    if prefix_frames + latent_frames > max_frames:
-        raise ValueError(
-            f"{prefix_frames} prefix + {latent_frames} new latent frames exceed the {max_frames} frame positions this "
-            f"model has (rope_max_seq_len); use at most {pixel_frames_for(max_frames - prefix_frames)} frames"
-        )
-    return latent_frames, latent_h, latent_w
 
 
 @contextmanager
@@ -205,20 +163,18 @@ class ASDCausalSampler:
         net = model.model
         if chunk_frames < 0:
             raise ValueError(f"chunk_frames must be >= 0 (0 = the model's own), got {chunk_frames}")
-        if not 0.0 <= context_noise <= 1000.0:
-            raise ValueError(f"context_noise is a timestep in [0, 1000], got {context_noise}")
         if not 1 <= batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {batch_size}")
-        if not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be in [0, 2^64 - 1], got {seed}")
+        check_seed(seed, "seed")
 
         chunk = chunk_frames or net.config.chunk_frames  # 1 = frame-wise; the cached path needs no mask
         prefix_latents = None if prefix is None else self._prefix(prefix, batch_size, width, height, net)
         prefix_frames = 0 if prefix_latents is None else prefix_latents.shape[2]
-        num_latent, latent_h, latent_w = check_request(
-            frames=frames, width=width, height=height, chunk_frames=chunk, patch_size=net.config.patch_size,
-            prefix_frames=prefix_frames, window_frames=window_frames, max_frames=net.config.rope_max_seq_len,
-        )
+        request = dict(frames=frames, width=width, height=height, batch=batch_size,
+                       guided=negative is not None and cfg != 1.0, context_noise=context_noise, cfg_scale=cfg,
+                       prefix_frames=prefix_frames, window_frames=window_frames, chunk_frames=chunk, names=NODE_NAMES)
+        shape = check_request(net.config, **request)  # the shape rules; memory once ComfyUI has made room
+        num_latent, latent_h, latent_w = shape.latent_frames, shape.latent_height, shape.latent_width
         context = conditioning_tensor(positive, net.config.text_dim, "positive")
         negative_context = None
         if negative is not None and cfg != 1.0:
@@ -238,6 +194,7 @@ class ASDCausalSampler:
 
         with on_compute_device(net, sampling_bytes(net, batch_size * (2 if negative_context is not None else 1),
                                                    prefix_frames + num_latent, latent_h, latent_w, window_frames)):
+            check_request(net.config, device=net.device, dtype=net.dtype, **request)  # before any model call
             chunks = list(sample_video(
                 net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
                 latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,

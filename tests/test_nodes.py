@@ -335,9 +335,25 @@ def test_sampler_continues_a_prefix(tiny):
     assert torch.equal(only_new["samples"], expected)
 
 
+def test_sampler_refuses_a_request_larger_than_the_device_memory(tiny, monkeypatch):
+    request = core("request")
+    monkeypatch.setattr(request, "device_memory", lambda device: 10**5)  # 100 kB
+    calls = []
+    handle = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"^253 frames of 32x32 need about [\d.]+ MB \(KV cache .*\) but cpu has "
+                                             r"[\d.]+ MB available: use frames \d+ or fewer, or a smaller width/height$"):
+            run("ASDCausalSampler", **sampler_args(tiny, frames=4 * 63 + 1))
+    finally:
+        handle.remove()
+    assert calls == []
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (dict(frames=12), r"12 frames do not split into chunks.*use 5 or 13"),
-    (dict(frames=25), r"25 frames do not split into chunks.*use 21 or 29"),
+    (dict(frames=12), r"frames 12: the Wan VAE needs 4k\+1 frames, e.g. 9 or 13; with chunks of 2 latent frames use "
+                      r"frames 5 or 13"),
+    (dict(frames=25), r"frames 25: 25 frames make 7 latent frames, which do not split into chunks of 2; use frames 21 "
+                      r"or 29"),
     (dict(width=40), r"multiples of 16"),
     (dict(positive=conditioning(dim=4096)), r"width 4096 but this model expects 32"),
     (dict(prefix={"samples": torch.zeros(1, 16, 2, 8, 8)}), r"set width/height to the prefix video's size"),
@@ -345,8 +361,17 @@ def test_sampler_continues_a_prefix(tiny):
     (dict(window_frames=3), r"window_frames=3 is too small.*>= 4"),
     (dict(context_noise=1001.0), r"context_noise is a timestep in \[0, 1000\]"),
     (dict(frames=4 * 257 + 1), r"exceed the 256 frame positions"),
+    # issue 25 item 4: one validator for CLI, API and nodes
+    (dict(frames=4 * 255 + 1, prefix={"samples": torch.zeros(1, 16, 4, 4, 4)}),
+     r"frames 1021: 256 latent frames after a prefix of 4 latent frames exceed the 256 frame positions this model "
+     r"has \(rope_max_seq_len; a rolling window does not extend them\); use frames 1005 or fewer"),
+    (dict(width=8192), r"width 8192 is larger than this model can place: .* use width 4096 or less"),
+    (dict(context_noise=float("nan")), r"context_noise is a timestep in \[0, 1000\], got nan"),
+    (dict(cfg=float("inf"), negative=conditioning()), r"cfg must be a finite number"),
+    (dict(seed=2**64), r"seed must be an integer in \[0, 2\^64 - 1\]"),
 ])
 def test_sampler_rejects_bad_requests_before_any_model_call(tiny, overrides, message):
+    assert not hasattr(sampler_mod, "latent_frames_for")  # the rule is asd_core.request's, not redefined here
     calls = []
     handle = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
