@@ -143,6 +143,13 @@ def test_export_command_writes_the_ema_student(distill_runs, tmp_path, capsys):
     assert "has not finished" in capsys.readouterr().err
 
 
+def test_export_of_a_run_that_does_not_exist_says_so(tmp_path, capsys):
+    for extra in ([], ["--step", "3"], ["--raw"]):
+        assert main(["export", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "m.safetensors"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "nonexistent: no such run (not a folder)" in err and "has not finished" not in err, err
+
+
 def test_export_at_a_step_writes_what_the_stage_exports(distill_runs, tmp_path, capsys):
     """`export --step` reads the checkpoint; the stage's own export is the reference (same step)."""
     run = distill_runs["asd"]

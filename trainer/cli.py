@@ -50,6 +50,8 @@ def _export(argv: list[str]) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out.name!r}")
+    if not Path(args.run_dir).is_dir():  # not "has not finished": there is no run there at all
+        raise ValueError(f"{args.run_dir}: no such run (not a folder); give the out_dir of an asd-train run")
     if args.step is not None or args.raw:
         from .export import export_step, last_step
 
