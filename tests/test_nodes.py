@@ -207,6 +207,25 @@ def test_loader_bad_files_say_what_is_wrong(model_dir):
         run("ASDModelLoader", model_file="missing.safetensors", dtype="float32")
 
 
+def test_loader_refuses_crafted_metadata_at_once(model_dir):
+    """Issue 25 item 5: metadata saying num_layers 10000000 used to hang the loader while memory grew."""
+    config = core_config.tiny_config()
+    weights = tiny_weights(config)
+    checkpoint = core("checkpoint")
+    for name, changes, message in [
+        ("layers.safetensors", {"num_layers": 10000000}, r"num_layers must be a whole number in \[1, 1000\]"),
+        ("heads.safetensors", {"num_attention_heads": "2"}, r"num_attention_heads must be a whole number .*'2' \(str\)"),
+        ("blocks.safetensors", {"num_layers": 500}, r"says num_layers 500 but the file holds 2 transformer blocks"),
+    ]:
+        values = json.loads(config.to_json()) | changes
+        import safetensors.torch
+
+        safetensors.torch.save_file(weights, model_dir / name,
+                                    metadata={"asd.format": checkpoint.FORMAT, "asd.config": json.dumps(values)})
+        with pytest.raises(ValueError, match=message):
+            run("ASDModelLoader", ckpt_name=name, dtype="float32")
+
+
 # --- hub download (offline, through huggingface-hub's real code path) ---------------------
 
 HUB_SCRIPT = """
