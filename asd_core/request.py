@@ -22,6 +22,8 @@ loads anything.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -263,25 +265,27 @@ def estimate_memory(config, *, batch: int, latent_frames: int, latent_height: in
                     sink_frames: int | None = None, chunk_frames: int | None = None,
                     dtype: torch.dtype = torch.float32, include_weights: bool = False, decoded_pixels: bool = False,
                     available: int | None = None) -> MemoryEstimate:
-    """Bytes a request needs: a floor, not a promise (attention kernels and allocator slack come on top).
+    """Bytes a request needs: a floor, not a promise (allocator slack and a math-kernel attention
+    fallback come on top).
 
-    KV cache: keys and values of every layer for the cached frames (the window when rolling),
-    for the batch doubled under guidance. Activations: one pass over a chunk (hidden states,
-    q/k/v, RoPE's float64 temporaries, the feed-forward). Latents: the float32 video kept as
-    chunks plus their concatenation.
+    The parts are `asd_core.budget`'s (the figures `asd-inspect` reports): the KV cache for
+    the cached frames (the window when rolling) and one chunk's activations, for the batch
+    doubled under guidance, and the weights. Latents: the float32 video kept as chunks plus
+    their concatenation. Pixels: the decoded float32 video, its concatenation and the uint8 copy.
     """
-    chunk = chunk_frames or config.chunk_frames
-    size = torch.empty((), dtype=dtype).element_size()
+    from .budget import chunk_activation_bytes, kv_cache_bytes
+
+    if chunk_frames and chunk_frames != config.chunk_frames:
+        config = dataclasses.replace(config, chunk_frames=chunk_frames)
     model_batch = batch * (2 if guided else 1)
-    tokens_per_frame = config.tokens_per_frame(latent_height, latent_width)
     video = prefix_frames + latent_frames
     cached = window_frames if window_frames and window_frames < video else video
-    head_width = config.num_attention_heads * config.attention_head_dim
-    kv_cache = 2 * config.num_layers * model_batch * cached * tokens_per_frame * head_width * size
-    tokens = model_batch * chunk * tokens_per_frame
-    activations = tokens * (head_width * (8 * size + 4 * 8) + 2 * config.ffn_dim * size)
+    kv_cache = kv_cache_bytes(config, cached, latent_height, latent_width, dtype=dtype, batch=model_batch)
+    text_tokens = config.text_len or 0
+    activations = model_batch * chunk_activation_bytes(config, latent_height, latent_width, dtype=dtype,
+                                                       text_tokens=text_tokens)["bytes"]
     latents = 2 * batch * config.in_channels * video * latent_height * latent_width * 4
-    weights = parameter_count(config) * size if include_weights else 0
+    weights = _weight_bytes(config.to_json(), dtype) if include_weights else 0
     pixels = 0
     if decoded_pixels:
         frames = pixel_frames_for(latent_frames)
@@ -289,17 +293,13 @@ def estimate_memory(config, *, batch: int, latent_frames: int, latent_height: in
     return MemoryEstimate(kv_cache, latents, activations, weights, pixels, available)
 
 
-def parameter_count(config) -> int:
-    """Parameters of CausalWanTransformer(config), counted from the layer shapes (nothing built)."""
-    width, ffn, text, freq = config.width, config.ffn_dim, config.text_dim, config.freq_dim
-    patch = math.prod(config.patch_size)
-    linear = lambda fan_in, fan_out: fan_in * fan_out + fan_out  # noqa: E731
-    attention = 4 * linear(width, width) + 2 * width  # q, k, v, out; q/k norms (diffusers builds them always)
-    block = 2 * attention + linear(width, ffn) + linear(ffn, width) + 6 * width + (2 * width if config.cross_attn_norm else 0)
-    embed = (config.in_channels * patch * width + width  # patch embedding
-             + linear(freq, width) + linear(width, width) + linear(width, 6 * width)  # time
-             + linear(text, width) + linear(width, width))  # text
-    return config.num_layers * block + embed + linear(width, config.out_channels * patch) + 2 * width
+@functools.lru_cache(maxsize=8)
+def _weight_bytes(config_json: str, dtype: torch.dtype) -> int:
+    """`budget.weight_bytes` (a meta-device build) once per config: the refusal advice asks often."""
+    from .budget import weight_bytes
+    from .config import CausalWanConfig
+
+    return weight_bytes(CausalWanConfig.from_json(config_json), dtype)["bytes"]
 
 
 def device_memory(device) -> int | None:
