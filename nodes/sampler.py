@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import torch
 
 from ..asd_core.request import NODE_NAMES, check_request, check_seed
-from ..asd_core.request import SPATIAL_FACTOR as PIXELS_PER_LATENT  # noqa: F401  (nodes/toy.py imports these)
-from ..asd_core.request import TEMPORAL_FACTOR as FRAMES_PER_LATENT  # noqa: F401
+from ..asd_core.request import SPATIAL_FACTOR as PIXELS_PER_LATENT  # the VAE factors, not redefined here
+from ..asd_core.request import TEMPORAL_FACTOR as FRAMES_PER_LATENT
 from . import host
 from .loader import MODEL_TYPE, AsdModel
 from .plan import PLAN_TYPE

@@ -223,7 +223,7 @@ def test_loader_refuses_crafted_metadata_at_once(model_dir):
         safetensors.torch.save_file(weights, model_dir / name,
                                     metadata={"asd.format": checkpoint.FORMAT, "asd.config": json.dumps(values)})
         with pytest.raises(ValueError, match=message):
-            run("ASDModelLoader", ckpt_name=name, dtype="float32")
+            run("ASDModelLoader", model_file=name, dtype="float32")
 
 
 # --- hub download (offline, through huggingface-hub's real code path) ---------------------
