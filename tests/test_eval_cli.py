@@ -137,6 +137,7 @@ def test_table_output_names_every_main_score(toy_files, capsys):
     (["--plan", "3x"], "step plan"),
     (["--num", "1"], "num must be >= 2"),
     (["--checkpoint", "missing.safetensors"], "no such file"),
+    (["--checkpoint", "."], "is a directory, not a checkpoint file"),  # issue 25 item 7: was "no such file"
     (["--cfg-scale", "-1"], "cfg_scale must be >= 0"),
     (["--context-noise", "1001"], "context_noise is a timestep in [0, 1000]"),
 ])

@@ -104,12 +104,14 @@ def _vae_file(path: str | None) -> Path:
 
 def _load(args):
     """(pipeline, label, guidance) for --checkpoint or the shipped --model: the toy files, then `Pipeline.load`."""
-    from ..checkpoint import recorded_guidance
+    from ..checkpoint import check_checkpoint_path, recorded_guidance
     from ..pipeline import Pipeline
     from ..toy.defaults import default_file
 
     if args.checkpoint:
         file = Path(args.checkpoint)
+        if file.is_dir():
+            check_checkpoint_path(file)  # a folder is reported as a folder (with the files in it), not as missing
         if not file.is_file():
             raise FileNotFoundError(f"--checkpoint {file}: no such file")
         beside = file.parent / "text_encoder.safetensors"
