@@ -24,6 +24,15 @@ class SamplingCancelled(Exception):
     """Raised between model calls when `should_cancel()` says so."""
 
 
+class NonFiniteOutput(ValueError):
+    """A finished chunk holds NaN or inf: refused rather than handed on as a black or garbage video."""
+
+    def __init__(self, chunk: int, num_chunks: int):
+        self.chunk, self.num_chunks = chunk, num_chunks
+        super().__init__(f"the model produced NaN or infinite values in chunk {chunk + 1} of {num_chunks}: check "
+                         "the checkpoint's weights, the dtype (float16 can overflow) and the CFG scale")
+
+
 @dataclass
 class SamplerProgress:
     call: int  # model calls done so far (1-based after the call)
@@ -160,6 +169,8 @@ def sample_video(
                 sigma = timestep_to_sigma(timesteps[step + 1])
                 x = (1 - sigma) * x0 + sigma * noises[step + 1]
         finished = x0.cpu()
+        if not torch.isfinite(finished).all():  # on the CPU already: no extra wait on the device
+            raise NonFiniteOutput(chunk, num_chunks)
         if callback is not None:
             callback(SamplerProgress(calls, total_calls, chunk, num_chunks, finished_chunk=finished))
         yield finished  # before the cache fill: the caller has the chunk one model pass sooner

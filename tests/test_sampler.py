@@ -220,3 +220,16 @@ def test_a_request_larger_than_the_device_memory_is_refused_with_what_fits(conte
                         r"latents [\d.]+ MB\) but cpu has [\d.]+ MB available: use num_frames 8 or fewer, or a smaller "
                         r"latent_width/latent_height, or a smaller batch", message), message
     assert run(fresh, context, frames=8).shape[2] == 8
+
+
+def test_non_finite_chunk_is_refused_not_returned(model, context):
+    """NaN weights (or an overflowing dtype / CFG scale) raise after the first chunk instead of
+    handing a garbage video to the caller (API and nodes alike)."""
+    from asd_core.sampler import NonFiniteOutput
+
+    broken = CausalWanTransformer(model.config).eval()
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.proj_out.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutput, match="NaN or infinite values in chunk 1 of 3"):
+        run(broken, context)

@@ -111,7 +111,7 @@ def one_line(error: BaseException) -> str:
 def generate(args: argparse.Namespace) -> str:
     """Check the whole request, load, sample, decode chunk by chunk, write; returns the summary line."""
     from ..checkpoint import check_checkpoint_path, recorded_guidance
-    from ..sampler import sample_video
+    from ..sampler import NonFiniteOutput, sample_video
     from ..vae import pixels_to_video
     from ..video_io import write_video
 
@@ -168,7 +168,6 @@ def generate(args: argparse.Namespace) -> str:
 
     start = time.perf_counter()
     pieces, bar = [], None
-    num_chunks = shape.latent_frames // config.chunk_frames
 
     def tick(progress) -> None:
         nonlocal bar
@@ -180,12 +179,13 @@ def generate(args: argparse.Namespace) -> str:
 
     try:
         with codec.decode_stream() as stream:
-            for index, chunk in enumerate(sample_video(
+            for chunk in sample_video(
                     model, plan=plan, context=context, num_frames=shape.latent_frames,
                     latent_height=shape.latent_height, latent_width=shape.latent_width, seeds=[args.seed],
-                    negative_context=negative, cfg_scale=cfg, context_noise=args.context_noise, callback=tick)):
-                _check_finite(chunk, f"chunk {index + 1} of {num_chunks}", cfg)
+                    negative_context=negative, cfg_scale=cfg, context_noise=args.context_noise, callback=tick):
                 pieces.append(stream.push(chunk).cpu())  # decoded as soon as the chunk is done
+    except NonFiniteOutput as err:  # the sampler checks every chunk; say it in the CLI's words
+        raise _non_finite(f"chunk {err.chunk + 1} of {err.num_chunks}", cfg) from None
     finally:
         if bar is not None:
             bar.close()
@@ -221,9 +221,13 @@ def check_output(out: Path) -> None:
 def _check_finite(tensor: torch.Tensor, what: str, cfg: float) -> None:
     """NaN or inf would be written as a black or garbage video with exit 0: refuse instead."""
     if not torch.isfinite(tensor).all():
-        hint = f"--cfg-scale {cfg:g} may be too large; " if cfg != 1.0 else ""
-        raise ValueError(f"the model produced NaN or infinite values in {what}, nothing was written: {hint}check the "
-                         "checkpoint's weights (asd-inspect) and --dtype (float16 can overflow; try bfloat16 or float32)")
+        raise _non_finite(what, cfg)
+
+
+def _non_finite(what: str, cfg: float) -> ValueError:
+    hint = f"--cfg-scale {cfg:g} may be too large; " if cfg != 1.0 else ""
+    return ValueError(f"the model produced NaN or infinite values in {what}, nothing was written: {hint}check the "
+                      "checkpoint's weights (asd-inspect) and --dtype (float16 can overflow; try bfloat16 or float32)")
 
 
 def describe_plan(plan: StepPlan) -> str:
