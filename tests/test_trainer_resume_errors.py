@@ -177,3 +177,46 @@ def test_a_shape_change_on_resume_is_a_one_line_error(vae_run, tmp_path, capsys)
     assert main(teacher(vae_run, run, *wider, "--allow-changes")) == 2
     err = one_line_error(capsys)
     assert "its network 'model' does not fit the configured one" in err and "size mismatch" in err
+
+
+# -- up-front work scales with what the run reads ---------------------------------------------
+
+
+def test_the_teacher_encodes_only_the_pool_chunks_its_steps_read(vae_run, tmp_path, monkeypatch):
+    from asd_core.vae import LatentCodec
+
+    encoded = []
+    real_encode = LatentCodec.encode
+
+    def encode(self, video, *args, **kwargs):
+        encoded.append(video.shape[0])
+        return real_encode(self, video, *args, **kwargs)
+
+    monkeypatch.setattr(LatentCodec, "encode", encode)
+    # 2 steps of 2 clips read clips 0-3: one chunk of 16 clips, not the 64-clip pool up front
+    assert main(teacher(vae_run, tmp_path / "run", "max_steps=2", "pool_size=64")) == 0
+    assert encoded == [16]
+
+
+def test_ode_init_makes_the_trajectories_its_steps_read_and_extends_them_on_resume(vae_run, tmp_path):
+    teacher_run = tmp_path / "teacher"
+    assert main(teacher(vae_run, teacher_run, "max_steps=1")) == 0
+
+    def ode(out_dir, *words):
+        return [str(CONFIGS / "ode_init.yaml"), f"out_dir={out_dir}", f"teacher={teacher_run}", *QUIET,
+                "num_trajectories=16", "batch_size=2", "num_frames=3", "chunk_frames=1", "plan=2", "ode_steps=4",
+                "ema_start=0", *TINY_VIDEO, *words]
+
+    def trajectories(run):
+        return safetensors.torch.load_file(str(run / "trajectories_rank0.safetensors"))
+
+    short = tmp_path / "short"
+    assert main(ode(short, "max_steps=2")) == 0
+    assert trajectories(short)["x0"].shape[0] == 4  # 2 steps x 2, not 16
+    assert main(ode(short, "max_steps=5", "--resume")) == 0
+    assert trajectories(short)["x0"].shape[0] == 10
+    full = tmp_path / "full"
+    assert main(ode(full, "max_steps=8")) == 0  # reads all 16
+    made, reference = trajectories(short), trajectories(full)
+    assert reference["x0"].shape[0] == 16
+    assert all(torch.equal(made[k], reference[k][:10]) for k in reference)  # the same sequence, made in two parts
