@@ -1,5 +1,8 @@
 """`asd-train CONFIG.yaml [key=value ...] [--resume]`, `asd-train export RUN_DIR [--step N] [--raw] --out FILE`,
-`asd-train prepare {latents,prompts} ...` (= `python -m trainer.prepare`, see trainer/prepare.py)."""
+`asd-train prepare {latents,prompts} ...` (= `python -m trainer.prepare`, see trainer/prepare.py).
+
+Every error a user can act on (a bad config, a full disk, a refused resume) is one line on
+stderr and exit status 2, not a traceback."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .loop import NonFiniteAbort, run_training
+from .loop import TrainingError, run_training
 from .run_files import FINAL_MODEL
 
 
@@ -26,10 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("config", help="stage config, e.g. trainer/configs/toy/teacher.yaml")
         parser.add_argument("overrides", nargs="*", help="key=value overrides (max_steps=10 out_dir=runs/x seed=1)")
         parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
-        args = parser.parse_args(argv)
+        parser.add_argument("--allow-changes", action="store_true",
+                            help="with --resume: apply config changes since the checkpoint (learning rates, ...) "
+                                 "instead of refusing; run.json records them")
+        args = parser.parse_intermixed_args(argv)  # overrides may follow --resume too
+        if args.allow_changes and not args.resume:
+            parser.error("--allow-changes goes with --resume")
         config = load_config(args.config, args.overrides)
-        summary = run_training(config, resume=args.resume)
-    except (ValueError, FileNotFoundError, NonFiniteAbort) as error:
+        summary = run_training(config, resume=args.resume, allow_changes=args.allow_changes)
+    except (ValueError, FileNotFoundError, TrainingError) as error:
         print(f"asd-train: error: {error}", file=sys.stderr)
         return 2
     return 0 if summary["stopped_by"] is None else 130

@@ -184,7 +184,15 @@ def parse_override(word: str) -> tuple[str, object]:
     if "=" not in word or word.startswith("="):
         raise ValueError(f"expected key=value, got {word!r} (e.g. max_steps=100 or out_dir=runs/x)")
     key, text = word.split("=", 1)
-    return key.strip(), yaml.safe_load(text) if text.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {word!r}: the value is not valid YAML ({yaml_problem(error)})") from None
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one phrase: what is wrong (its line is named by the caller)."""
+    return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
 def build_config(values: dict, overrides: list[str] = ()) -> RunConfig:
@@ -217,7 +225,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found; configs live in trainer/configs/<size>/<stage>.yaml")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: malformed YAML ({yaml_problem(error)})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a YAML mapping of config keys")
     return build_config(values, overrides)

@@ -56,6 +56,9 @@ def init_runtime(device: str = "auto", parallel: str = "ddp") -> Runtime:
         raise ValueError(f"parallel must be one of {list(PARALLEL_MODES)}, got {parallel!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = "sees no GPU" if torch.backends.cuda.is_built() else "is built without CUDA"
+        raise ValueError(f"device={device}: this torch ({torch.__version__}) {why}; use device=cpu or device=auto")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,13 +22,18 @@ from asd_core.atomic import atomic_path
 from . import dist
 from .config import RunConfig, to_dict
 from .logs import RunLogger
-from .run_files import CHECKPOINTS, FINAL_MODEL, RUN_FILE, SUMMARY_FILE
+from .resume import apply_optimizer_settings, config_changes, describe, load_newest_readable, optimizer_settings
+from .run_files import CHECKPOINTS, FINAL_MODEL, RUN_FILE, SUMMARY_FILE, check_out_dir, remove_leftovers
 from .stages import build_stage
 from .stages.base import Stage
 from .state import Checkpointer
 
 
-class NonFiniteAbort(RuntimeError):
+class TrainingError(RuntimeError):
+    """A run stopped for a reason its user can act on; `asd-train` prints the one-line message."""
+
+
+class NonFiniteAbort(TrainingError):
     """Raised after `max_nonfinite` consecutive steps whose loss (or gradient) was not finite."""
 
 
@@ -49,28 +55,54 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def run_training(config: RunConfig, *, resume: bool = False, stage_factory=None) -> dict:
-    """Train one stage to `max_steps` (or until a signal); returns the summary dict."""
+def run_training(config: RunConfig, *, resume: bool = False, allow_changes: bool = False, stage_factory=None) -> dict:
+    """Train one stage to `max_steps` (or until a signal); returns the summary dict.
+
+    `allow_changes`: resume although training keys of the config changed since the checkpoint
+    (trainer/resume.py); without it such a resume is refused, naming the keys.
+    """
+    check_out_dir(config.out_dir)  # before any work: building a stage can take minutes
     runtime = dist.init_runtime(config.device, config.parallel)
     try:
         stage = (stage_factory or build_stage)(config, runtime)
-        return _run(stage, config, runtime, resume)
+        return _run(stage, config, runtime, resume, allow_changes)
     finally:
         dist.shutdown(runtime)
 
 
-def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -> dict:
+def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool, allow_changes: bool = False) -> dict:
     out_dir = Path(config.out_dir)
     checkpointer = Checkpointer(out_dir / CHECKPOINTS, config.keep_last)
+    if runtime.is_main:
+        checkpointer.remove_leftovers()
+        remove_leftovers(out_dir)
     step = 0
     state = dict(modules=stage.modules(), optimizers=stage.optimizers(), schedulers=stage.schedulers(),
                  generators=stage.generators())
+    fresh_settings = optimizer_settings(state["optimizers"], state["schedulers"])
+    changes_so_far: list[dict] = []  # [{"step", "changes"}]: config changes applied on resume, for the records
+
+    def warn(message: str) -> None:
+        if runtime.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def refuse_changes(path: Path, extra: dict) -> None:
+        changes = config_changes(extra.get("config", {}), to_dict(config))
+        if changes and not allow_changes:
+            raise ValueError(f"--resume: the config differs from {path.name}'s in {describe(changes)}; the restored "
+                             "optimizers would keep training with the old values. Resume with the old values, or "
+                             "pass --allow-changes to apply the new ones from here on")
+
     existing = checkpointer.latest()
     if resume:
-        if existing is None:
-            raise ValueError(f"--resume: no checkpoint in {checkpointer.directory}; start without --resume")
-        step, extra = Checkpointer.load(existing, **state)
+        existing, step, extra = load_newest_readable(checkpointer, state, warn, refuse_changes)
         nonfinite_run = int(extra.get("nonfinite_run", 0))
+        changes_so_far = list(extra.get("config_changes", []))
+        changes = config_changes(extra.get("config", {}), to_dict(config))
+        if changes:
+            apply_optimizer_settings(fresh_settings, state["optimizers"], state["schedulers"])
+            changes_so_far.append({"step": step, "changes": {k: {"was": a, "now": b} for k, (a, b) in changes.items()}})
+            warn(f"resuming at step {step} with config changes: {describe(changes)}")
     else:
         if existing is not None:
             raise ValueError(
@@ -80,12 +112,22 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
         nonfinite_run = 0
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_FILE).write_text(json.dumps({"config": to_dict(config), **stage.checkpoint_extra()}, indent=2))
+        changed = {"config_changes": changes_so_far} if changes_so_far else {}
+        (out_dir / RUN_FILE).write_text(json.dumps({"config": to_dict(config), **stage.checkpoint_extra(), **changed},
+                                                   indent=2))
 
     def save(at_step: int) -> Path | None:
         # Every rank enters: sharded networks are gathered to rank 0 first (a collective).
         extra = {**stage.checkpoint_extra(), "nonfinite_run": nonfinite_run, "config": to_dict(config)}
-        path = checkpointer.save(at_step, extra=extra, write=runtime.is_main, **state)
+        if changes_so_far:
+            extra["config_changes"] = changes_so_far
+        try:
+            path = checkpointer.save(at_step, extra=extra, write=runtime.is_main, **state)
+        except OSError as error:  # a full disk, most often: the previous checkpoint is untouched
+            logger.close()
+            raise TrainingError(f"could not write the checkpoint of step {at_step} into {checkpointer.directory} "
+                                f"({error.strerror or error}); free space, then resume with --resume (from "
+                                f"{checkpointer.latest() or 'the start'})") from None
         dist.barrier(runtime)
         return path
 
@@ -135,7 +177,13 @@ def _run(stage: Stage, config: RunConfig, runtime: dist.Runtime, resume: bool) -
         path = save(step)
         final = None
         if stopped_by is None:
-            final = stage.export(out_dir / FINAL_MODEL)  # every rank: see Stage.export
+            try:
+                final = stage.export(out_dir / FINAL_MODEL)  # every rank: see Stage.export
+            except OSError as error:
+                logger.close()
+                raise TrainingError(f"could not write {out_dir / FINAL_MODEL} ({error.strerror or error}); the "
+                                    f"checkpoint {path} is saved: free space, then `asd-train export {out_dir} "
+                                    f"--step {step} --out FILE`") from None
             final = final if runtime.is_main else None
         dist.barrier(runtime)
 

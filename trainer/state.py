@@ -42,6 +42,10 @@ LATEST = "latest"
 PREFIX = "step_"
 
 
+class CorruptCheckpoint(ValueError):
+    """A checkpoint directory whose files cannot be read (truncated, garbled, half-deleted)."""
+
+
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
     """Global RNG states of torch (CPU + CUDA), numpy and python as (tensors, json)."""
     tensors = {"rng/torch": torch.get_rng_state()}
@@ -227,8 +231,14 @@ class Checkpointer:
     def _prune(self) -> None:
         for path in self.complete()[: -self.keep_last]:
             shutil.rmtree(path, ignore_errors=True)
-        for stale in self.directory.glob(".tmp-*"):  # leftovers of killed writes
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Delete what killed writes leave behind: `.tmp-step_*` directories and `.latest.*.tmp` files."""
+        for stale in self.directory.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.directory.glob(f".{LATEST}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def complete(self) -> list[Path]:
         """Finished checkpoints, oldest first (a directory exists only once fully written)."""
@@ -238,13 +248,33 @@ class Checkpointer:
         return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
     def latest(self) -> Path | None:
+        newest = self.newest_first()
+        return newest[0] if newest else None
+
+    def newest_first(self) -> list[Path]:
+        """Complete checkpoints, the one `latest` names first, then the others newest first."""
+        done = self.complete()[::-1]
         pointer = self.directory / LATEST
         if pointer.is_file():
-            candidate = self.directory / pointer.read_text().strip()
-            if (candidate / TENSORS).is_file() and (candidate / STATE).is_file():
-                return candidate
-        done = self.complete()
-        return done[-1] if done else None
+            named = self.directory / pointer.read_text().strip()
+            if named in done:
+                done.remove(named)
+                done.insert(0, named)
+        return done
+
+    @staticmethod
+    def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, meta) of a checkpoint; CorruptCheckpoint when its files cannot be read."""
+        path = Path(path)
+        try:
+            tensors = safetensors.torch.load_file(str(path / TENSORS))
+            meta = json.loads((path / STATE).read_text())
+            if not isinstance(meta, dict) or not {"step", "modules", "extra"} <= set(meta):
+                raise ValueError(f"{STATE} lacks step, modules or extra")
+        except Exception as error:  # safetensors, json, OS and key errors: any of them means unreadable
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({reason})") from None
+        return tensors, meta
 
     @staticmethod
     def load(path: str | Path, *, modules: dict, optimizers: dict, schedulers: dict,
@@ -253,15 +283,29 @@ class Checkpointer:
 
         Every rank reads the whole file; sharded networks and optimizers keep their own shard.
         """
+        tensors, meta = Checkpointer.read(path)
+        return Checkpointer.restore(path, tensors, meta, modules=modules, optimizers=optimizers, schedulers=schedulers,
+                                    generators=generators, restore_global_rng=restore_global_rng)
+
+    @staticmethod
+    def restore(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict, *, modules: dict, optimizers: dict,
+                schedulers: dict, generators: dict[str, torch.Generator] | None = None,
+                restore_global_rng: bool = True) -> tuple[int, dict]:
+        """`load` for a checkpoint already read with `read` (its config can be checked first)."""
         path = Path(path)
-        tensors = safetensors.torch.load_file(str(path / TENSORS))
-        meta = json.loads((path / STATE).read_text())
         missing = sorted(set(modules) - set(meta["modules"]))
         if missing:
             raise ValueError(f"checkpoint {path} has no network(s) {missing}; it holds {meta['modules']}")
         for name, module in modules.items():
             prefix = f"model/{name}/"
-            load_network_state(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            try:
+                load_network_state(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            except RuntimeError as error:  # torch lists every mismatching tensor over many lines: name the first
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                detail = lines[1] if len(lines) > 1 else lines[0]
+                raise ValueError(f"checkpoint {path}: its network {name!r} does not fit the configured one ({detail}"
+                                 f"{f'; {len(lines) - 2} more' if len(lines) > 2 else ''}); resume with the model "
+                                 "settings it was trained with") from None
         for name, optimizer in optimizers.items():
             load_optimizer_state(optimizer, _optimizer_from_flat(name, tensors, meta["optimizers"][name]), modules)
         for name, scheduler in schedulers.items():

@@ -38,16 +38,38 @@ def rank_indices(step: int, batch: int, rank: int, world: int, pool: int | None 
     return [i % pool for i in indices] if pool else indices
 
 
-@torch.no_grad()
-def encode_pool(codec: LatentCodec, size: int, frames: int, height: int, width: int,
-                chunk: int = 16) -> tuple[torch.Tensor, list[str]]:
-    """Latents (N, 16, F, h, w) of the first `size` training clips, encoded once (the VAE is frozen)."""
-    latents, captions = [], []
-    for start in range(0, size, chunk):
-        pixels, texts = pixel_batch(list(range(start, min(size, start + chunk))), frames, height, width)
-        latents.append(codec.encode(pixels).cpu())
-        captions += texts
-    return torch.cat(latents), captions
+class LatentPool:
+    """Latents of the first `size` training clips, encoded by the frozen VAE when first used.
+
+    Clips are encoded in fixed chunks of `chunk` (clip k in chunk k // chunk), so a clip's
+    latent is the same whichever step asks for it first, and a short run encodes only the
+    chunks it reads instead of the whole pool up front (a 3-step run of the shipped teacher:
+    2 chunks of 64).
+    """
+
+    def __init__(self, codec: LatentCodec, size: int, frames: int, height: int, width: int, chunk: int = 16):
+        self.codec, self.size, self.chunk = codec, size, chunk
+        self.frames, self.height, self.width = frames, height, width
+        self.chunks: dict[int, tuple[torch.Tensor, list[str]]] = {}  # chunk index -> (latents, captions)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @torch.no_grad()
+    def _chunk(self, k: int) -> tuple[torch.Tensor, list[str]]:
+        if k not in self.chunks:
+            indices = list(range(k * self.chunk, min(self.size, (k + 1) * self.chunk)))
+            pixels, texts = pixel_batch(indices, self.frames, self.height, self.width)
+            with torch.autocast(self.codec.device.type, enabled=False):  # called inside a (bf16) training step
+                self.chunks[k] = (self.codec.encode(pixels).cpu(), texts)
+        return self.chunks[k]
+
+    def latents(self, indices: list[int]) -> torch.Tensor:
+        """(B, 16, F, h, w) latents of these clip indices (each < size)."""
+        return torch.stack([self._chunk(i // self.chunk)[0][i % self.chunk] for i in indices])
+
+    def captions(self, indices: list[int]) -> list[str]:
+        return [self._chunk(i // self.chunk)[1][i % self.chunk] for i in indices]
 
 
 # -- latent shards (data=latents) ------------------------------------------------------------

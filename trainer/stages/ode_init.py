@@ -4,8 +4,9 @@ The frozen teacher (with CFG) integrates its probability-flow ODE from noise; th
 passes through at the student's plan timesteps are recorded, with the clean end point. The
 student (the teacher's weights, block-causal with `chunk_frames`) then learns to map the
 recorded state of each chunk, at a timestep drawn per chunk from the plan, to the end point
-in one block-causal pass: x0 regression (MSE). Trajectories are generated once per process,
-deterministically from the seed, and cached in out_dir so a resumed run reuses them.
+in one block-causal pass: x0 regression (MSE). Trajectories are generated per process,
+deterministically from the seed, as many as the run reads, and cached in out_dir so a resumed
+run reuses them (and adds what a longer run reads).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ from .common import (
 from .data import rank_indices
 
 TRAJECTORY_SALT = 7  # step_seed salt of the trajectory noise (distinct from the per-step streams)
+
+
+def trajectory_batch(config) -> int:
+    """Trajectories the teacher integrates at once (fixed per run: a trajectory's numbers may
+    depend on its batch)."""
+    return max(1, min(config.batch_size, 16))
 
 
 class OdeInitStage(TransformerStage):
@@ -75,24 +82,48 @@ class OdeInitStage(TransformerStage):
     def record_at(self) -> tuple[float, ...]:
         return tuple(sorted(set(self.first_steps) | set(self.rest_steps), reverse=True))
 
+    def trajectories_needed(self) -> int:
+        """How many trajectories this run reads: max_steps x batch_size (indices cycle through
+        num_trajectories), in whole generation batches. A 3-step smoke run makes a few, not the
+        whole set; a longer resumed run makes the rest of the same sequence."""
+        c = self.config
+        per_batch = trajectory_batch(c)
+        used = min(c.num_trajectories, c.max_steps * c.batch_size)
+        return min(c.num_trajectories, -(-used // per_batch) * per_batch)
+
     def _load_or_make_trajectories(self) -> dict[str, torch.Tensor]:
-        """{"states": (N, K, C, F, H, W) at record_at(), "x0": (N, C, F, H, W), "context": (N, L, D)}."""
+        """{"states": (N, K, C, F, H, W) at record_at(), "x0": (N, C, F, H, W), "context": (N, L, D)}.
+
+        The first N of this rank's num_trajectories, N = trajectories_needed(). Trajectory i is
+        the same whatever N is: the noise of every generation batch is drawn in order (also for
+        the batches already on disk, and discarded), and the batches are always the same.
+        """
         c, rt = self.config, self.runtime
         path = Path(c.out_dir) / f"trajectories_rank{rt.rank}.safetensors"
+        per_batch, need = trajectory_batch(c), self.trajectories_needed()
+        have: dict[str, torch.Tensor] = {}
         if path.is_file():
-            return safetensors.torch.load_file(str(path))
+            with safetensors.safe_open(str(path), "pt") as f:
+                batched_alike = (f.metadata() or {}).get("per_batch") == str(per_batch)
+            have = safetensors.torch.load_file(str(path))
+            if have["x0"].shape[0] >= need:
+                return have
+            if not batched_alike:  # made with another batch size (or by an older trainer): start over
+                have = {}
+        done = have["x0"].shape[0] if have else 0
         generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, 0, TRAJECTORY_SALT))
         record = self.record_at()
         channels = self.teacher.config.in_channels
         states, ends, contexts = [], [], []
-        per_batch = max(1, min(c.batch_size, 16))
-        bar = tqdm(total=c.num_trajectories, desc="teacher trajectories", unit="traj", dynamic_ncols=True,
+        bar = tqdm(total=need - done, desc="teacher trajectories", unit="traj", dynamic_ncols=True,
                    disable=not (c.progress and rt.is_main))
-        for start in range(0, c.num_trajectories, per_batch):
+        for start in range(0, need, per_batch):
             count = min(per_batch, c.num_trajectories - start)
+            noise = noise_like((count, channels, self.frames, self.height, self.width), generator, rt.device)
+            if start < done:
+                continue  # on disk already; its noise was drawn to keep the stream in step
             indices = [(rt.rank * c.num_trajectories + start + i) for i in range(count)]
             context = self.prompts.contexts(indices)
-            noise = noise_like((count, channels, self.frames, self.height, self.width), generator, rt.device)
             recorded, x0 = teacher_trajectory(self.teacher, noise, context, self.prompts.uncond, c.cfg_scale,
                                               record, c.ode_steps, c.ode_shift)
             states.append(torch.stack([recorded[round(float(t), 6)] for t in record], dim=1).cpu())
@@ -100,10 +131,12 @@ class OdeInitStage(TransformerStage):
             contexts.append(context.float().cpu())
             bar.update(count)
         bar.close()
-        data = {"states": torch.cat(states), "x0": torch.cat(ends), "context": torch.cat(contexts)}
+        made = {"states": torch.cat(states), "x0": torch.cat(ends), "context": torch.cat(contexts)}
+        data = {k: torch.cat([have[k], v]) for k, v in made.items()} if have else made
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, suffix=".tmp") as temp:
-            safetensors.torch.save_file({k: v.contiguous() for k, v in data.items()}, str(temp))
+            safetensors.torch.save_file({k: v.contiguous() for k, v in data.items()}, str(temp),
+                                        metadata={"per_batch": str(per_batch)})
         return data
 
     def modules(self):
@@ -124,8 +157,8 @@ class OdeInitStage(TransformerStage):
     def train_step(self, step: int) -> StepResult:
         c, rt = self.config, self.runtime
         generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, step))
-        pool = self.trajectories["x0"].shape[0]
-        indices = rank_indices(step, c.batch_size, 0, 1, pool=pool)  # the pool itself is per rank
+        # the pool itself is per rank; a run holds the first trajectories_needed() of it, all it reads
+        indices = rank_indices(step, c.batch_size, 0, 1, pool=c.num_trajectories)
         states = self.trajectories["states"][indices].to(rt.device)  # (B, K, C, F, H, W)
         x0 = self.trajectories["x0"][indices].to(rt.device)
         context = self.trajectories["context"][indices].to(rt.device)

@@ -38,7 +38,7 @@ from .common import (
     vae_source,
     write_sample_videos,
 )
-from .data import VAE_METADATA, LatentShards, encode_pool, rank_indices, read_uncond
+from .data import VAE_METADATA, LatentPool, LatentShards, rank_indices, read_uncond
 
 TEACHER_PLAN = "50"  # the teacher's many-step plan, written into its checkpoint
 
@@ -61,8 +61,8 @@ class TeacherStage(TransformerStage):
             self.codec = LatentCodec.load(resolve_model_file(config.vae), device=runtime.device)
             self.frames = config.num_frames or 9
             self.height, self.width = config.latent_height or 8, config.latent_width or 8
-            self.pool, self.captions = encode_pool(self.codec, config.pool_size, (self.frames - 1) * 4 + 1,
-                                                   self.height * 8, self.width * 8)
+            self.pool = LatentPool(self.codec, config.pool_size, (self.frames - 1) * 4 + 1, self.height * 8,
+                                   self.width * 8)
 
         values = {**toy_model_config().__dict__, **config.model, "chunk_frames": max(self.frames, 1)}
         self.model_config = CausalWanConfig.from_dict(values)
@@ -124,8 +124,8 @@ class TeacherStage(TransformerStage):
         c, device = self.config, self.runtime.device
         drop = [bool(torch.rand((), generator=generator) < c.cfg_dropout) for _ in indices]
         if self.shards is None:
-            x0 = self.pool[indices].to(device)
-            texts = ["" if dropped else self.captions[i] for i, dropped in zip(indices, drop)]
+            x0 = self.pool.latents(indices).to(device)
+            texts = ["" if dropped else text for text, dropped in zip(self.pool.captions(indices), drop)]
             return x0, self.text_encoder.encode(texts)
         x0, context = self.shards.read(indices)
         context = context.to(device)
@@ -159,7 +159,7 @@ class TeacherStage(TransformerStage):
             return []
         count = SAMPLE_COUNT
         if self.shards is None:
-            context = self.text_encoder.encode(self.captions[:count])
+            context = self.text_encoder.encode(self.pool.captions(list(range(count))))
             uncond = self.text_encoder.encode([""])
         else:
             context = self.shards.read([i % len(self.shards) for i in range(count)])[1]
