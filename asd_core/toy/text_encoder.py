@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..atomic import save_safetensors
+from ..request import shorten
 from .domain import CAPTION_VOCAB
 
 PAD, UNK = "<pad>", "<unk>"
@@ -82,7 +83,7 @@ class ToyTextEncoder(nn.Module):
             if len(words) > self.config.max_length:
                 raise ValueError(
                     f"prompt has {len(words)} tokens, the toy text encoder takes at most {self.config.max_length}: "
-                    f"{text!r}"
+                    f"{shorten(text)!r}"
                 )
             ids[row, : len(words)] = torch.tensor([self.index.get(w, self.index[UNK]) for w in words], dtype=torch.long)
         return ids.to(self.device), ids.to(self.device) != self.index[PAD]
