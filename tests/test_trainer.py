@@ -229,3 +229,21 @@ def test_scalars_only_some_steps_have_still_reach_tensorboard(tmp_path):
     scalars = read_scalars(tmp_path)
     assert scalars["critic_loss"].tolist() == [[4, 2.5], [8, 6.5]]  # the mean over each window
     assert scalars["generator_loss"].tolist() == [[4, 20.0], [8, 60.0]]
+
+
+def test_vae_statistics_pass_scales_with_the_run(monkeypatch, tmp_path):
+    """A 3-step smoke run measures the latent statistics on the 12 clips it trained on (at least 8),
+    the shipped VAE run (batch 4 x 1000 steps) on all 64 of `stats_clips`."""
+    from trainer.config import load_config
+    from trainer.stages.vae import VaeStage
+
+    def count(max_steps, batch_size):
+        config = load_config(CONFIGS / "toy" / "vae.yaml", [f"max_steps={max_steps}", f"batch_size={batch_size}",
+                                                    f"out_dir={tmp_path}"])
+        stage = VaeStage.__new__(VaeStage)  # the rule only reads the config
+        stage.config = config
+        return stage.stats_clip_count()
+
+    assert count(3, 4) == 12
+    assert count(1, 2) == 8
+    assert count(1000, 4) == 64

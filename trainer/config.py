@@ -62,7 +62,7 @@ class VaeConfig(RunConfig):
     init: str = ""  # start from a trained VAE (run dir or file) instead of random weights
     freeze_encoder: bool = False  # train the decoder only: the latent space stays that of `init`
     clip_frames: int = 9  # pixel frames per training clip (4k+1); the causal VAE then runs on any length
-    stats_clips: int = 64  # clips encoded at export to set the latents' per-channel mean/std
+    stats_clips: int = 64  # clips encoded at export to set the latents' mean/std (capped by the clips trained on)
     vae: dict = field(default_factory=dict)  # LatentCodec / AutoencoderKLWan overrides (empty = toy default)
 
 

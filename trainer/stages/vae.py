@@ -111,8 +111,13 @@ class VaeStage(Stage):
         LatentCodec(vae).save(path)
         return path
 
+    def stats_clip_count(self) -> int:
+        """`stats_clips`, but no more than the clips the run trained on (at least 8): a smoke run
+        of a few steps does not spend a minute on statistics; the shipped run (4 x 1000) keeps 64."""
+        return min(self.config.stats_clips, max(8, self.config.batch_size * self.config.max_steps))
+
     def _measure_latent_stats(self, vae: AutoencoderKLWan) -> tuple[list[float], list[float]]:
-        pixels, _ = pixel_batch(list(range(10**6, 10**6 + self.config.stats_clips)), self.config.clip_frames,
+        pixels, _ = pixel_batch(list(range(10**6, 10**6 + self.stats_clip_count())), self.config.clip_frames,
                                 self.height, self.width)
         raw = torch.cat([vae.encode(p[None].to(self.runtime.device)).latent_dist.mode() for p in pixels])
         return raw.mean(dim=(0, 2, 3, 4)).tolist(), raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4).tolist()
