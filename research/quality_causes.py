@@ -1,0 +1,202 @@
+"""Why the shipped teacher barely follows its captions: three cheap checks, one per suspect link.
+
+    python -m research.quality_causes vae        # the VAE round trip: which classes survive it
+    python -m research.quality_causes text       # the text encoder: do its embeddings name colours and shapes?
+    python -m research.quality_causes teacher    # the teacher: does its output depend on the caption?
+    python -m research.quality_causes frames     # the teacher per latent frame: latents and empty frames
+
+Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
+runs in 1-3 minutes on one thread; evaluation seed 0's captions and videos unless named.
+- vae: 32 real videos through the shipped VAE; per colour, where the shape pixels land in the
+  evaluator's pixel classes, and per captioned kind what the evaluator reads after the trip.
+- text: a ridge probe from the mean-pooled (L, 64) embedding to the caption's colours, kinds and
+  (colour, kind) pairs, trained on 300 captions and tested on 200 more, for the shipped encoder
+  and a random one of the same size (the floor); and how far one colour word moves the embedding.
+- teacher: the flow-matching loss on real latents with the right, a shuffled and an empty caption
+  (held-out clips and the teacher's own training pool); then "a <colour> circle" for the 7
+  colours from the same noise, 50 steps: which colour the evaluator sees.
+- frames: per latent frame, the spread of the teacher's sampled latents against real latents,
+  and the share of empty pixel frames in its decoded videos (evaluation seed 0's captions);
+  and real latents shrunk by 0.9 (about the teacher's spread), decoded: does that alone empty frames?
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from asd_core.cli.evaluate import _load, build_parser
+from asd_core.losses import add_noise, flow_matching_loss
+from asd_core.sampler import sample_video
+from asd_core.schedule import parse_plan, sigma_to_timestep
+from asd_core.toy.defaults import TOY, default_file
+from asd_core.toy.domain import COLOURS, KINDS, caption, make_batch, parse_caption, sample_video_spec
+from asd_core.toy.measures import NO_SHAPE, analyse, caption_pairs, segment
+from asd_core.toy.model_eval import EVAL_STREAM, eval_captions, generate_videos, to_uint8, vae_round_trip
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
+from asd_core.toy.thresholds import default_min_area
+from asd_core.vae import load_codec, pixels_to_video, video_to_pixels
+from trainer.stages.data import TRAIN_STREAM
+
+CLASS_NAMES = ("background", *COLOURS)
+
+
+def check_vae(num: int) -> None:
+    videos, captions = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
+    trip = vae_round_trip(videos, load_codec(default_file("vae")), batch=8)
+    truth, seen = segment(videos), segment(trip)
+    print("shape pixels after the round trip, per true colour: same class / other colour / background / "
+          "unassigned (pixels)")
+    for k, name in enumerate(COLOURS, start=1):
+        m = truth == k
+        if m.sum():
+            s = seen[m]
+            print(f"  {name:8s} {np.mean(s == k):.3f} / {np.mean((s > 0) & (s != k)):.3f} / {np.mean(s == 0):.3f} / "
+                  f"{np.mean(s < 0):.3f}  ({m.sum()})")
+    bg = seen[truth == 0]
+    print(f"  background pixels kept as background: {np.mean(bg == 0):.4f}")
+    area = default_min_area(TOY.height, TOY.width)
+    read = {kind: np.zeros(len(KINDS) + 2) for kind in KINDS}  # read as each kind, as no shape, as no blob
+    for video, pairs in zip(trip, caption_pairs(trip, captions)):
+        an = analyse(video, area)
+        for colour, kind in pairs:
+            col = 1 + COLOURS.index(colour)
+            got = np.where(an.count[:, col] > 0, an.kind[:, col], -2)
+            for j in range(len(KINDS)):
+                read[kind][j] += np.sum(got == j)
+            read[kind][len(KINDS)] += np.sum(got == NO_SHAPE)
+            read[kind][len(KINDS) + 1] += np.sum(got == -2)
+    print("what the evaluator reads for each captioned shape after the round trip (share of frames): "
+          + " / ".join(KINDS) + " / no shape / no blob")
+    for kind, row in read.items():
+        print(f"  {kind:8s} " + " / ".join(f"{v:.3f}" for v in row / row.sum()))
+
+
+def _ridge_accuracy(x: np.ndarray, y: np.ndarray, train: int) -> float:
+    """Held-out per-label accuracy of a ridge probe (threshold 0.5) from features x to 0/1 labels y."""
+    x = np.c_[x, np.ones(len(x))]
+    a, b = x[:train], y[:train]
+    w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ b)
+    return float(np.mean((x[train:] @ w > 0.5) == (y[train:] > 0.5)))
+
+
+def check_text(num: int = 500, train: int = 300) -> None:
+    captions = [caption(sample_video_spec(EVAL_STREAM + 100, i)) for i in range(num)]
+    pairs = [parse_caption(c) for c in captions]
+    y_colour = np.array([[c in {p[0] for p in ps} for c in COLOURS] for ps in pairs], dtype=float)
+    y_kind = np.array([[k in {p[1] for p in ps} for k in KINDS] for ps in pairs], dtype=float)
+    y_pair = np.array([[(c, k) in ps for c in COLOURS for k in KINDS] for ps in pairs], dtype=float)
+    torch.manual_seed(0)
+    encoders = {"shipped": ToyTextEncoder.load(default_file("text_encoder")),
+                "random (same size)": ToyTextEncoder(ToyTextConfig()).eval()}
+    print("ridge probe on the mean-pooled embedding, held-out per-label accuracy "
+          f"(train {train}, test {num - train}); majority-label floor in brackets")
+    floors = [float(np.mean(np.maximum(y[train:].mean(0), 1 - y[train:].mean(0)))) for y in (y_colour, y_kind, y_pair)]
+    swaps = [c.replace(p[0][0], next(x for x in COLOURS if x not in {q[0] for q in p}), 1) for c, p in zip(captions, pairs)]
+    for name, enc in encoders.items():
+        with torch.no_grad():
+            emb = enc.encode(captions)
+            mask = (emb.abs().sum(-1) > 0).float()
+            pooled = ((emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).numpy()
+            swapped = enc.encode(swaps)
+        accs = [_ridge_accuracy(pooled, y, train) for y in (y_colour, y_kind, y_pair)]
+        flat, flat_swap = emb.flatten(1), swapped.flatten(1)
+        one_word = (flat - flat_swap).norm(dim=1).mean().item()
+        other = (flat - flat.roll(1, 0)).norm(dim=1).mean().item()
+        print(f"  {name:20s} colours {accs[0]:.3f} [{floors[0]:.3f}]  kinds {accs[1]:.3f} [{floors[1]:.3f}]  "
+              f"(colour, kind) pairs {accs[2]:.3f} [{floors[2]:.3f}]  |  one colour word changed moves the "
+              f"embedding {one_word / other:.2f}x as far as another caption")
+
+
+def check_teacher(num: int, seeds: int) -> None:
+    torch.manual_seed(0)
+    pipeline, _, cfg = _load(build_parser().parse_args(["--model", "teacher"]))
+    model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
+    print(f"flow-matching loss on real latents ({num} clips, same noise per row), caption: right / shuffled / empty")
+    for stream, label in ((EVAL_STREAM, "held-out clips"), (TRAIN_STREAM, "training pool")):
+        videos, captions = make_batch(stream, num, TOY.pixel_frames, TOY.height, TOY.width)
+        with torch.no_grad():
+            x0 = codec.encode(video_to_pixels(torch.from_numpy(videos)))
+            contexts = [enc.encode(captions), enc.encode(captions[1:] + captions[:1]), enc.encode([""] * num)]
+            gen = torch.Generator().manual_seed(1)
+            noise = torch.randn(x0.shape, generator=gen)
+            for sigma in (0.3, 0.6, 0.9):
+                s = torch.full((num,), sigma)
+                x_t = add_noise(x0, noise, s)
+                losses = [flow_matching_loss(model(x_t, sigma_to_timestep(s), c), x0, noise).item() for c in contexts]
+                print(f"  {label:15s} sigma {sigma}: " + " / ".join(f"{v:.4f}" for v in losses))
+    texts = [f"a {c} circle" for c in COLOURS for _ in range(seeds)]
+    noise_seeds = [j for _ in COLOURS for j in range(seeds)]
+    videos = generate_videos(model, enc, codec, texts, noise_seeds, parse_plan("50"), cfg, batch=seeds)
+    classes = segment(videos)
+    print(f'"a <colour> circle", {seeds} noises x 7 colours, 50 steps, CFG {cfg:g}: share of shape pixels per class '
+          "(rows: captioned colour)")
+    print("  " + " " * 9 + " ".join(f"{c[:7]:>7s}" for c in COLOURS) + "  unassigned")
+    hits, blobs = [], []
+    for i, name in enumerate(COLOURS):
+        c = classes[i * seeds:(i + 1) * seeds]
+        counts = np.array([np.sum(c == k) for k in range(1, 8)] + [np.sum(c < 0)], dtype=float)
+        print(f"  {name:8s} " + " ".join(f"{v:7.3f}" for v in counts / max(counts.sum(), 1)))
+        frames = [analyse(v, default_min_area(TOY.height, TOY.width)).count for v in videos[i * seeds:(i + 1) * seeds]]
+        count = np.concatenate(frames)  # (frames, classes): significant blobs
+        blobs.append((np.mean(count[:, 1 + i] > 0), np.mean(count[:, 1 + COLOURS.index("green")] > 0),
+                      np.mean(count[:, 1:].sum(1) == 0)))
+        per_video = np.array([[np.sum(v == k) for k in range(1, 8)] for v in c])
+        hits += list(per_video.argmax(1) == i)
+    v = videos.astype(np.float32).reshape(len(COLOURS), seeds, -1)
+    same_noise = np.abs(v[:, None] - v[None]).mean(-1)[np.triu_indices(len(COLOURS), 1)].mean()
+    same_caption = np.abs(v[:, :, None] - v[:, None]).mean(-1)[:, *np.triu_indices(seeds, 1)].mean()
+    print(f"  the captioned colour is the video's most frequent shape colour in {np.mean(hits):.3f} of videos "
+          f"(chance 1/7 = 0.143); mean |pixel difference|: same noise, other colour word {same_noise:.1f}; "
+          f"same caption, other noise {same_caption:.1f}")
+    print("  share of frames with a significant blob of the captioned colour / of green / of no colour, per "
+          "captioned colour: " + ", ".join(f"{c} {a:.2f}/{g:.2f}/{e:.2f}" for c, (a, g, e) in zip(COLOURS, blobs)))
+
+
+def check_frames(num: int) -> None:
+    pipeline, _, cfg = _load(build_parser().parse_args(["--model", "teacher"]))
+    model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
+    captions = eval_captions(num, 0)
+    videos, _ = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
+    with torch.no_grad():
+        real = codec.encode(video_to_pixels(torch.from_numpy(videos)))
+        fake = torch.cat(list(sample_video(model, plan=parse_plan("50"), context=enc.encode(captions),
+                                           num_frames=TOY.latent_frames, latent_height=TOY.latent_height,
+                                           latent_width=TOY.latent_width, seeds=list(range(num)),
+                                           negative_context=enc.encode([""]), cfg_scale=cfg)), dim=2)
+        decoded = to_uint8(pixels_to_video(codec.decode(fake.float())))
+        shrunk = to_uint8(pixels_to_video(codec.decode(real * 0.9)))  # real latents at the teacher's spread
+    area = default_min_area(TOY.height, TOY.width)
+    print("empty frames of real latents scaled by 0.9, decoded: "
+          f"{np.mean([analyse(v, area).count[:, 1:].sum(1) == 0 for v in shrunk]):.3f}")
+    empty = np.mean([analyse(v, area).count[:, 1:].sum(1) == 0 for v in decoded], axis=0)  # (pixel frames,)
+    groups = [(0, 0)] + [(1 + 4 * (f - 1), 4 * f) for f in range(1, TOY.latent_frames)]  # pixel frames per latent
+    print(f"per latent frame ({num} videos, 50 steps, CFG {cfg:g}): latent std real / teacher; "
+          "mean |latent| real / teacher; empty pixel frames of the teacher")
+    for f, (a, b) in enumerate(groups):
+        r, g = real[:, :, f], fake[:, :, f]
+        print(f"  latent frame {f} (pixel {a}-{b}): std {r.std():.3f} / {g.std():.3f}; |x| {r.abs().mean():.3f} / "
+              f"{g.abs().mean():.3f}; empty {empty[a:b + 1].mean():.3f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("check", choices=("vae", "text", "teacher", "frames"))
+    p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher)")
+    p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.check == "vae":
+        check_vae(args.num)
+    elif args.check == "text":
+        check_text()
+    elif args.check == "teacher":
+        check_teacher(args.num, args.seeds)
+    else:
+        check_frames(args.num)
+
+
+if __name__ == "__main__":
+    main()
