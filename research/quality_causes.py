@@ -4,6 +4,7 @@
     python -m research.quality_causes text       # the text encoder: do its embeddings name colours and shapes?
     python -m research.quality_causes teacher    # the teacher: does its output depend on the caption?
     python -m research.quality_causes frames     # the teacher per latent frame: latents and empty frames
+    python -m research.quality_causes persist    # which captioned shapes the teacher keeps: by size, kind, count
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
 runs in 1-3 minutes on one thread; evaluation seed 0's captions and videos unless named.
@@ -18,6 +19,9 @@ runs in 1-3 minutes on one thread; evaluation seed 0's captions and videos unles
 - frames: per latent frame, the spread of the teacher's sampled latents against real latents,
   and the share of empty pixel frames in its decoded videos (evaluation seed 0's captions);
   and real latents shrunk by 0.9 (about the teacher's spread), decoded: does that alone empty frames?
+- persist: on evaluation seed 0 (as asd-eval), the share of frames in which each captioned shape
+  has a significant blob of its colour, by the shape's size, kind and the caption's shape count,
+  for the teacher and the VAE round trip: do small shapes (few latent cells) vanish first?
 """
 
 from __future__ import annotations
@@ -82,6 +86,25 @@ def _ridge_accuracy(x: np.ndarray, y: np.ndarray, train: int) -> float:
     return float(np.mean((x[train:] @ w > 0.5) == (y[train:] > 0.5)))
 
 
+def _binding_accuracy(emb: np.ndarray, captions: list[str], train: int) -> float:
+    """Held-out accuracy of a ridge probe from a colour word's own token (B, L, D) to the kind it names.
+
+    Tests binding: the colour token must carry which shape it belongs to (3 classes, chance 1/3).
+    """
+    rows, kinds, split = [], [], []
+    for b, text in enumerate(captions):
+        words = text.replace(",", " ,").split()
+        for pos, word in enumerate(words):
+            if word in COLOURS:
+                rows.append(emb[b, pos])
+                kinds.append(KINDS.index(words[pos + 1]))
+                split.append(b < train)
+    x, y, split = np.c_[np.array(rows), np.ones(len(rows))], np.eye(len(KINDS))[kinds], np.array(split)
+    a, t = x[split], y[split]
+    w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ t)
+    return float(np.mean((x[~split] @ w).argmax(1) == y[~split].argmax(1)))
+
+
 def check_text(num: int = 500, train: int = 300) -> None:
     captions = [caption(sample_video_spec(EVAL_STREAM + 100, i)) for i in range(num)]
     pairs = [parse_caption(c) for c in captions]
@@ -105,9 +128,11 @@ def check_text(num: int = 500, train: int = 300) -> None:
         flat, flat_swap = emb.flatten(1), swapped.flatten(1)
         one_word = (flat - flat_swap).norm(dim=1).mean().item()
         other = (flat - flat.roll(1, 0)).norm(dim=1).mean().item()
+        bound = _binding_accuracy(emb.numpy(), captions, train)
         print(f"  {name:20s} colours {accs[0]:.3f} [{floors[0]:.3f}]  kinds {accs[1]:.3f} [{floors[1]:.3f}]  "
               f"(colour, kind) pairs {accs[2]:.3f} [{floors[2]:.3f}]  |  one colour word changed moves the "
-              f"embedding {one_word / other:.2f}x as far as another caption")
+              f"embedding {one_word / other:.2f}x as far as another caption  |  the kind named after a colour "
+              f"word, read from that word's token alone: {bound:.3f} [1/3]")
 
 
 def check_teacher(num: int, seeds: int) -> None:
@@ -181,9 +206,37 @@ def check_frames(num: int) -> None:
               f"{g.abs().mean():.3f}; empty {empty[a:b + 1].mean():.3f}")
 
 
+def check_persist(num: int) -> None:
+    pipeline, _, cfg = _load(build_parser().parse_args(["--model", "teacher"]))
+    specs = [sample_video_spec(EVAL_STREAM, i, TOY.pixel_frames, TOY.height, TOY.width) for i in range(num)]
+    captions = eval_captions(num, 0)
+    assert captions == [caption(spec) for spec in specs]
+    real, _ = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
+    rows = {"VAE round trip": vae_round_trip(real, pipeline.codec, batch=8),
+            f"teacher, 50 steps, CFG {cfg:g}": generate_videos(pipeline.model, pipeline.text_encoder, pipeline.codec,
+                                                               captions, list(range(num)), parse_plan("50"), cfg, 8)}
+    area = default_min_area(TOY.height, TOY.width)
+    groups = {"size 12-14": lambda sh, n: sh.size <= 14, "size 15-17": lambda sh, n: 15 <= sh.size <= 17,
+              "size 18-20": lambda sh, n: sh.size >= 18, **{k: (lambda sh, n, k=k: sh.kind == k) for k in KINDS},
+              **{f"{c} shape(s)": (lambda sh, n, c=c: n == c) for c in (1, 2, 3)}}
+    print(f"share of frames where a captioned shape has a significant blob of its colour ({num} videos, seed 0); "
+          "shapes in brackets")
+    for name, videos in rows.items():
+        kept = []  # (shape, shapes in the caption, share of frames)
+        for video, spec in zip(videos, specs):
+            an = analyse(video, area)
+            for sh in spec.shapes:
+                kept.append((sh, len(spec.shapes), float(np.mean(an.count[:, 1 + COLOURS.index(sh.colour)] > 0))))
+        cells = []
+        for label, test in groups.items():
+            vals = [v for sh, n, v in kept if test(sh, n)]
+            cells.append(f"{label} {np.mean(vals):.2f} ({len(vals)})")
+        print(f"  {name}: " + ", ".join(cells))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("vae", "text", "teacher", "frames"))
+    p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist"))
     p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher)")
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher)")
     args = p.parse_args()
@@ -194,8 +247,10 @@ def main() -> None:
         check_text()
     elif args.check == "teacher":
         check_teacher(args.num, args.seeds)
-    else:
+    elif args.check == "frames":
         check_frames(args.num)
+    else:
+        check_persist(args.num)
 
 
 if __name__ == "__main__":
