@@ -263,3 +263,13 @@ def test_conditioning_from_comfy():
         conditioning_from_comfy([[torch.randn(512, 4096), {}]])
 
 
+
+
+def test_toy_encoder_error_for_a_huge_prompt_is_short():
+    """The nodes show the encoder's message as it is: a 100k-character prompt must not fill the UI."""
+
+    encoder = ToyTextEncoder(ToyTextConfig(width=32, max_length=16))
+    with pytest.raises(ValueError) as caught:
+        encoder.token_ids(["a " * 50000])
+    message = str(caught.value)
+    assert "prompt has 50000 tokens" in message and "(100000 characters)" in message and len(message) < 200

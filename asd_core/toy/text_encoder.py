@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 
 from ..atomic import save_safetensors
-from ..request import shorten
 from .domain import CAPTION_VOCAB
+
+ECHO_LIMIT = 60  # characters of a prompt quoted in an error (a ComfyUI node shows the whole message)
 
 PAD, UNK = "<pad>", "<unk>"
 VOCAB = (PAD, UNK, *CAPTION_VOCAB)  # the default vocabulary: every word a caption of the domain can contain
@@ -83,7 +84,7 @@ class ToyTextEncoder(nn.Module):
             if len(words) > self.config.max_length:
                 raise ValueError(
                     f"prompt has {len(words)} tokens, the toy text encoder takes at most {self.config.max_length}: "
-                    f"{shorten(text)!r}"
+                    + (repr(text) if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]!r}... ({len(text)} characters)")
                 )
             ids[row, : len(words)] = torch.tensor([self.index.get(w, self.index[UNK]) for w in words], dtype=torch.long)
         return ids.to(self.device), ids.to(self.device) != self.index[PAD]
