@@ -7,14 +7,18 @@ space, so either side can be swapped for the other with the matching model.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from einops import rearrange
 
+from ..asd_core.toy.domain import CAPTION_VOCAB
 from . import host
 from .loader import default_pipeline
 from .sampler import FRAMES_PER_LATENT, PIXELS_PER_LATENT
 
 DEFAULT_PROMPT = "a red circle and a blue square"
+BUILTIN_WORDS = " ".join(w for w in CAPTION_VOCAB if w != ",")  # what the built-in text encoder was trained on
 
 
 class ASDTextEncode:
@@ -35,7 +39,9 @@ class ASDTextEncode:
             "required": {
                 "text": ("STRING", {
                     "default": DEFAULT_PROMPT, "multiline": True,
-                    "tooltip": "What the video shows, e.g. 'a red circle and a blue square'.",
+                    "tooltip": "What the video shows, e.g. 'a red circle and a blue square'. The built-in "
+                               f"model knows only these words: {BUILTIN_WORDS}; others are ignored (a warning "
+                               "is logged).",
                 }),
             }
         }
@@ -44,6 +50,10 @@ class ASDTextEncode:
         from ..asd_core.text import conditioning_to_comfy
 
         pipeline = default_pipeline()
+        unknown = pipeline.text_encoder.unknown_words(text)
+        if unknown:
+            logging.warning("ASD Text Encode: the built-in text encoder does not know %s; it knows: %s",
+                            ", ".join(map(repr, unknown[:8])), BUILTIN_WORDS)
         with torch.no_grad():
             context = pipeline.text_encoder.encode([text])  # (1, L, D)
         return (conditioning_to_comfy(context),)

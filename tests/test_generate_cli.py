@@ -365,3 +365,16 @@ def test_a_huge_prompt_error_is_short(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x.gif"), "--prompt", "a " * 50000]) == 2
     err = capsys.readouterr().err.strip()
     assert "prompt has 50000 tokens" in err and "(100000 characters)" in err and len(err) < 400, err[:500]
+
+
+def test_unknown_prompt_words_get_one_warning_line_and_help_lists_the_vocabulary(tmp_path, capsys):
+    assert main(["--prompt", "a purple hexagon and a red circle", "--plan", "1", "--frames", "9",
+                 "--out", str(tmp_path / "x.gif")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert "does not know 'purple', 'hexagon'; it knows: a and red green" in warnings[0]
+    assert main(["--prompt", "a red circle", "--plan", "1", "--frames", "9", "--out", str(tmp_path / "y.gif")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "the built-in default knows the words: a and red" in " ".join(capsys.readouterr().out.split())

@@ -716,3 +716,11 @@ def test_every_frames_value_the_widget_offers_fills_whole_chunks():
     for chunk in (3, 1):  # Wan 1.3B / Self Forcing / the built-in default; frame-wise
         assert [v for v in values if not fills_whole_chunks(v, chunk)] == [], chunk
     assert options["default"] in values and fills_whole_chunks(options["max"], 3)
+
+
+def test_text_encode_tooltip_lists_the_vocabulary_and_unknown_words_are_logged(builtin, caplog):
+    tooltip = MAPPINGS["ASDTextEncode"].INPUT_TYPES()["required"]["text"][1]["tooltip"]
+    assert "knows only these words: a and red green blue yellow magenta cyan white circle square triangle" in tooltip
+    with caplog.at_level("WARNING"):
+        run("ASDTextEncode", text="a purple circle")
+    assert "does not know 'purple'" in caplog.text

@@ -32,12 +32,14 @@ from ..devices import DTYPES, resolve_device, resolve_dtype
 from ..request import CLI_NAMES, check_request, check_seed
 from ..schedule import StepPlan, parse_plan
 from ..toy.defaults import TOY
+from ..toy.domain import CAPTION_VOCAB
 from ..video_io import VIDEO_EXTENSIONS
 
 DEFAULT_PROMPT = "a red circle and a blue square"
 WAN_SIZES = {"frames": 81, "width": 832, "height": 480, "fps": 16}
 TOY_SIZES = {"frames": TOY.pixel_frames, "width": TOY.width, "height": TOY.height, "fps": TOY.fps}
 MAX_FPS = 1000.0  # beyond this no player shows the frames (GIF/WebP store whole milliseconds per frame)
+BUILTIN_WORDS = " ".join(w for w in CAPTION_VOCAB if w != ",")  # what the built-in text encoder was trained on
 ECHO_LIMIT = 80  # characters of a quoted user value (a prompt) kept in an error message
 
 
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", help="model file (ours, Self Forcing .pt, Wan/ComfyUI, diffusers); "
                                         "default: the built-in default model")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: %(default)r)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT,
+                   help=f"text prompt (default: %(default)r); the built-in default knows the words: {BUILTIN_WORDS}")
     plan = p.add_mutually_exclusive_group()
     plan.add_argument("--plan", help="step plan: 4, 2, 1, 1*, 2*, first=...;rest=... "
                                      "(default: the checkpoint's trained plan, else 1*)")
@@ -162,6 +165,10 @@ def generate(args: argparse.Namespace) -> str:
     model, text_encoder, codec, label = pipeline.model, pipeline.text_encoder, pipeline.codec, pipeline.label
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
 
+    unknown = text_encoder.unknown_words(args.prompt) if hasattr(text_encoder, "unknown_words") else []
+    if unknown:  # the built-in encoder maps them to <unk>: the video will not show them
+        print(f"asd-generate: warning: the built-in text encoder does not know {', '.join(map(repr, unknown[:8]))}"
+              f"{' ...' if len(unknown) > 8 else ''}; it knows: {' '.join(text_encoder.known_words())}", file=sys.stderr)
     with torch.no_grad():
         context = text_encoder.encode([args.prompt])  # (1, L, text_dim); the model casts it to its dtype
         negative = text_encoder.encode([""]) if cfg != 1.0 else None

@@ -72,6 +72,14 @@ class ToyTextEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.token_embedding.weight.device
 
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` this encoder has no embedding for (they become <unk>): worth a warning,
+        since the built-in default then ignores them."""
+        return list(dict.fromkeys(w for w in tokenize(text) if w not in self.index))
+
+    def known_words(self) -> list[str]:
+        return [w for w in self.config.vocab if w not in (PAD, UNK, ",")]
+
     @property
     def width(self) -> int:
         return self.config.width
