@@ -1,8 +1,10 @@
-"""Cheap previews of finished chunks for ComfyUI's progress bar, without running a VAE.
+"""Previews of finished chunks for ComfyUI's progress bar.
 
-A latent frame's 16 channels are projected onto their first three principal axes and shown
-as RGB (false colour: it shows layout and motion, not true colours). The axes and the colour
-range are fixed at the first chunk, so colours stay comparable from chunk to chunk.
+With a decoder (the built-in default carries its small VAE) the preview is the chunk's last
+frame decoded to true RGB. Without one (a Wan checkpoint: its VAE is a separate ComfyUI node)
+a latent frame's 16 channels are projected onto their first three principal axes and shown as
+RGB (false colour: it shows layout and motion, not true colours); the axes and the colour range
+are fixed at the first chunk, so colours stay comparable from chunk to chunk.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ MIN_SIDE = 256  # latents are small (8x8 for the built-in default): enlarge befo
 
 
 class ChunkPreviewer:
-    def __init__(self):
+    def __init__(self, decode=None):
+        self.decode = decode  # normalised latents (1, C, f, h, w) -> pixels (1, 3, T, H, W) in [-1, 1]
         self.mean: torch.Tensor | None = None  # (C,)
         self.axes: torch.Tensor | None = None  # (C, 3)
         self.low: torch.Tensor | None = None  # (3,)
@@ -24,6 +27,10 @@ class ChunkPreviewer:
 
     def rgb(self, chunk: torch.Tensor) -> torch.Tensor:
         """(H, W, 3) in [0, 1] for the last frame of the first video in a chunk (B, C, f, H, W)."""
+        if self.decode is not None:
+            with torch.no_grad():
+                pixels = self.decode(chunk[:1].detach().float())  # (1, 3, T, H, W) in [-1, 1]
+            return rearrange((pixels[0, :, -1].float().cpu() + 1) / 2, "c h w -> h w c").clamp(0, 1)
         frame = chunk[0, :, -1].detach().float().cpu()  # (C, H, W)
         height, width = frame.shape[1:]
         pixels = rearrange(frame, "c h w -> (h w) c")

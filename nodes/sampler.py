@@ -183,7 +183,8 @@ class ASDCausalSampler:
 
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         progress = None
-        previewer = ChunkPreviewer()
+        # The built-in default brings its VAE: previews in true colour; Wan files: latent false colour.
+        previewer = ChunkPreviewer(decode=model.pipeline.codec.decode if model.pipeline is not None else None)
 
         def on_progress(p):
             nonlocal progress

@@ -13,6 +13,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -724,3 +725,24 @@ def test_text_encode_tooltip_lists_the_vocabulary_and_unknown_words_are_logged(b
     with caplog.at_level("WARNING"):
         run("ASDTextEncode", text="a purple circle")
     assert "does not know 'purple'" in caplog.text
+
+
+def test_builtin_previews_are_decoded_true_colour_frames(builtin, fake_comfy):
+    """With the built-in default the preview of each chunk is its last frame through the model's
+    own VAE (true colour), not the latent false-colour projection Wan files get."""
+    from PIL import Image
+
+    fake = fake_comfy()
+    asd_model, _ = builtin
+    (plan, _), _ = run("ASDStepScheduler", steps=1, first_chunk_steps=4, shift=5.0, spec="")
+    (cond,), _ = run("ASDTextEncode", text="a red circle")
+    (latent,), _ = run("ASDCausalSampler", model=asd_model, plan=plan, positive=cond, seed=1, frames=21, width=64,
+                       height=64, batch_size=1, chunk_frames=0, context_noise=0.0, window_frames=0, cfg=1.0)
+    previews = [p for _, _, p in fake.updates if p is not None]
+    assert len(previews) == 2  # one per chunk
+    first_chunk = core("vae").from_raw(latent["samples"])[:, :, :3]
+    with torch.no_grad():
+        expected = (asd_model.pipeline.codec.decode(first_chunk)[0, :, -1].permute(1, 2, 0) + 1) / 2  # (H, W, 3)
+    picture = previews[0][1].resize((64, 64), Image.NEAREST)  # undo the preview's 4x enlargement
+    got = torch.from_numpy(np.array(picture)).float() / 255
+    assert (got - expected.clamp(0, 1)).abs().max() < 1.5 / 255
