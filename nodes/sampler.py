@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..asd_core.request import NODE_NAMES, check_request, check_seed
+from ..asd_core.request import NODE_NAMES, check_request, check_seed, estimate_memory
 from ..asd_core.request import SPATIAL_FACTOR as PIXELS_PER_LATENT  # the VAE factors, not redefined here
 from ..asd_core.request import TEMPORAL_FACTOR as FRAMES_PER_LATENT
 from . import host
@@ -51,15 +51,6 @@ def on_compute_device(model, working_bytes: int = 0):
         if moved or model.device != offload:
             model.to(offload)
             host.soft_empty_cache()
-
-
-def sampling_bytes(net, batch: int, video_frames: int, latent_h: int, latent_w: int, window_frames: int) -> int:
-    """KV cache (whole video or the rolling window) plus one chunk's activations, from the config."""
-    from ..asd_core.budget import chunk_activation_bytes, kv_cache_bytes
-
-    cache_frames = min(video_frames, window_frames) if window_frames else video_frames
-    cache = kv_cache_bytes(net.config, cache_frames, latent_h, latent_w, dtype=net.dtype, batch=batch)
-    return cache + batch * chunk_activation_bytes(net.config, latent_h, latent_w, dtype=net.dtype)["bytes"]
 
 
 def conditioning_tensor(conditioning, text_dim: int, name: str) -> torch.Tensor:
@@ -193,8 +184,10 @@ class ASDCausalSampler:
             preview = previewer.image(p.finished_chunk) if p.finished_chunk is not None else None
             progress.update(p.call, preview)
 
-        with on_compute_device(net, sampling_bytes(net, batch_size * (2 if negative_context is not None else 1),
-                                                   prefix_frames + num_latent, latent_h, latent_w, window_frames)):
+        working = estimate_memory(net.config, batch=batch_size, guided=request["guided"], latent_frames=num_latent,
+                                  latent_height=latent_h, latent_width=latent_w, prefix_frames=prefix_frames,
+                                  window_frames=window_frames or None, chunk_frames=chunk, dtype=net.dtype)
+        with on_compute_device(net, working.total):  # ComfyUI frees the weights' bytes plus cache and activations
             check_request(net.config, device=net.device, dtype=net.dtype, **request)  # before any model call
             chunks = list(sample_video(
                 net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
