@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-TEMPORAL_FACTOR = 4  # Wan 2.1 VAE: 4k + 1 pixel frames -> k + 1 latent frames
-SPATIAL_FACTOR = 8  # Wan 2.1 VAE: 8x8 pixels -> one latent pixel
+from .budget import VAE_SPACE_FACTOR, VAE_TIME_FACTOR
+
+# The Wan 2.1 VAE's factors, defined once in budget.py: 4k + 1 pixel frames -> k + 1 latent
+# frames, 8x8 pixels -> one latent pixel.
+TEMPORAL_FACTOR, SPATIAL_FACTOR = VAE_TIME_FACTOR, VAE_SPACE_FACTOR
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes [0, 2^64)
 MAX_CONTEXT_NOISE = 1000.0
 

@@ -2,7 +2,7 @@
 
 The video-level scores hide where in a video things go wrong; per chunk of the causal
 sampler, a drift over the chunks or a VAE that decodes some frames worse shows up here
-(`asd-eval --per-chunk`; docs/history/results-notebook.md, "The VAE's later frames").
+(`asd-eval --per-chunk`; git show 4e5d4fd:docs/results.md, "The VAE's later frames").
 """
 
 from __future__ import annotations
