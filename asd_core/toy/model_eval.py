@@ -4,6 +4,12 @@ One definition of an evaluation run, so `asd-eval`, the tests and lab scripts co
 with like: sample i at evaluation seed s has the caption of video i of the stream
 EVAL_STREAM + s and its own noise seed s * NOISE_STRIDE + i, so every row of a comparison
 sees the same prompts and the same noise. Loading files stays with the caller.
+
+Long videos (`frames` beyond the trained 33) keep those captions and that noise: the first
+chunks of a whole-cache run are the trained-length run's, so a drift over the chunks reads
+against known numbers. Their ground truth is the same shapes rendered for longer
+(`real_videos`); past the trained length the domain no longer keeps shapes apart, so the
+real videos' later chunks are the ceiling to read a model's against, not 1.0.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..request import check_request
 from ..sampler import sample_video
 from ..schedule import StepPlan, parse_plan
-from .defaults import TOY
-from .domain import caption, make_batch, sample_video_spec
-from .profile import frame_profile
+from .defaults import TOY, toy_model_config
+from .domain import caption, render, sample_video_spec
+from .profile import chunk_scores
 from .scores import evaluate_videos
 
 EVAL_STREAM = 2_000_000  # caption stream of evaluation seed 0; far from training (11) and the FD reference
@@ -31,37 +38,76 @@ def eval_captions(num: int, seed: int = 0) -> list[str]:
     return [caption(sample_video_spec(stream, i, TOY.pixel_frames, TOY.height, TOY.width)) for i in range(num)]
 
 
+def real_videos(num: int, seed: int = 0, frames: int = TOY.pixel_frames) -> tuple[np.ndarray, list[str]]:
+    """The domain's videos behind `eval_captions(num, seed)`, rendered for `frames` pixel frames.
+
+    The shapes are drawn for the trained length (that is what the captions describe), then
+    rendered for any length: at 33 frames these are the stream's own videos.
+    """
+    stream = EVAL_STREAM + seed
+    specs = [sample_video_spec(stream, i, TOY.pixel_frames, TOY.height, TOY.width) for i in range(num)]
+    return np.stack([render(s, frames, TOY.height, TOY.width) for s in specs]), [caption(s) for s in specs]
+
+
 def score_model(model, text_encoder, codec, *, plan: StepPlan | str | None = None, num: int = 64, seed: int = 0,
                 cfg_scale: float = 1.0, context_noise: float = 0.0, batch: int = 16, per_chunk: bool = False,
+                frames: int = TOY.pixel_frames, window: int | None = None, sink: int | None = None,
                 progress: bool = False) -> dict:
     """Sample `num` videos of evaluation seed `seed`, decode them and score them.
 
-    plan: None -> the model's trained plan ("1*" if it records none). Returns the flat dict of
-    `evaluate_videos` plus plan (its spec), num and seed, and with per_chunk a "chunks" dict
-    (`frame_profile` per chunk of the model, and the chunks' pixel frames).
+    plan: None -> the model's trained plan ("1*" if it records none). frames: pixel frames
+    (4k+1, whole chunks). window: a rolling KV-cache window in latent frames, the chunk being
+    made included (None: the whole video); sink: latent frames it keeps for ever (default one
+    chunk). Returns the flat dict of `evaluate_videos` plus plan (its spec), num, seed, frames,
+    window and sink, and with per_chunk a "chunks" dict (`chunk_scores` per chunk of the model,
+    and the chunks' pixel frames).
     """
     _check_run(num, batch, seed, cfg_scale, context_noise)
+    if sink is not None and not window:
+        raise ValueError(f"sink={sink} needs a rolling window: the whole-video cache keeps every frame; pass window")
+    latent_frames = check_request(model.config, frames=frames, width=TOY.width, height=TOY.height,
+                                  window_frames=window, sink_frames=sink, names=LIBRARY_NAMES).latent_frames
     if not isinstance(plan, StepPlan):
         plan = parse_plan(plan or model.trained_plan or "1*")
     captions = eval_captions(num, seed)
     seeds = [seed * NOISE_STRIDE + i for i in range(num)]
     videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg_scale, batch,
-                             context_noise=context_noise, progress=progress)
-    return _scores(videos, captions, model.config.chunk_frames if per_chunk else None) | {
-        "plan": plan.spec, "num": num, "seed": seed}
+                             context_noise=context_noise, latent_frames=latent_frames, window=window, sink=sink,
+                             progress=progress)
+    chunks = model.config.chunk_frames if per_chunk else None
+    return _scores(videos, captions, latent_frames, chunks) | {
+        "plan": plan.spec, "num": num, "seed": seed, "frames": frames, "window": window or None,
+        "sink": _sink_used(model.config.chunk_frames, window, sink)}
 
 
-def score_real(*, num: int = 64, seed: int = 0, codec=None, batch: int = 16, per_chunk: bool = False) -> dict:
+def score_real(*, num: int = 64, seed: int = 0, codec=None, batch: int = 16, per_chunk: bool = False,
+               frames: int = TOY.pixel_frames) -> dict:
     """Score the domain's own videos of evaluation seed `seed`: the ceiling of every score.
 
     codec: a `LatentCodec` to pass the videos through first (encode, decode), which measures
-    what the VAE alone loses. Same result keys as `score_model`, with plan "-".
+    what the VAE alone loses. frames: pixel frames (`real_videos`). Same result keys as
+    `score_model`, with plan "-" and no window.
     """
     _check_run(num, batch, seed)
-    videos, captions = make_batch(EVAL_STREAM + seed, num, TOY.pixel_frames, TOY.height, TOY.width)
+    latent_frames = check_request(toy_model_config(), frames=frames, width=TOY.width, height=TOY.height,
+                                  names=LIBRARY_NAMES).latent_frames
+    videos, captions = real_videos(num, seed, frames)
     if codec is not None:
         videos = vae_round_trip(videos, codec, batch)
-    return _scores(videos, captions, TOY.chunk_frames if per_chunk else None) | {"plan": "-", "num": num, "seed": seed}
+    return _scores(videos, captions, latent_frames, TOY.chunk_frames if per_chunk else None) | {
+        "plan": "-", "num": num, "seed": seed, "frames": frames, "window": None, "sink": None}
+
+
+# The words of score_model's own arguments, for request errors raised here (the CLI checks with its flags).
+LIBRARY_NAMES = {"frames": "frames", "width": "width", "height": "height", "context_noise": "context_noise",
+                 "cfg": "cfg_scale", "seed": "seed", "window": "window", "pixels": True}
+
+
+def _sink_used(chunk_frames: int, window: int | None, sink: int | None) -> int | None:
+    """The sink frames a run keeps: none without a window, else `sink` (default one chunk, as the sampler)."""
+    if not window:
+        return None
+    return chunk_frames if sink is None else sink
 
 
 def _check_run(num: int, batch: int, seed: int, cfg_scale: float = 1.0, context_noise: float = 0.0) -> None:
@@ -78,25 +124,29 @@ def _check_run(num: int, batch: int, seed: int, cfg_scale: float = 1.0, context_
         raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
 
 
-def _scores(videos: np.ndarray, captions: list[str], chunk_frames: int | None) -> dict:
+def _scores(videos: np.ndarray, captions: list[str], latent_frames: int, chunk_frames: int | None) -> dict:
     result = evaluate_videos(videos, captions)
     if chunk_frames is not None:
         from ..vae import chunk_pixel_ranges
 
-        ranges = chunk_pixel_ranges(TOY.latent_frames, chunk_frames)
-        result["chunks"] = {"pixel_frames": [list(r) for r in ranges]} | frame_profile(videos, captions, ranges)
+        ranges = chunk_pixel_ranges(latent_frames, chunk_frames)
+        result["chunks"] = {"pixel_frames": [list(r) for r in ranges]} | chunk_scores(videos, captions, ranges)
     return result
 
 
 def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list[int], plan: StepPlan,
-                    cfg_scale: float, batch: int, context_noise: float = 0.0, progress: bool = False) -> np.ndarray:
-    """Videos (N, T, H, W, 3) uint8 for the captions, sampled `batch` at a time (with a progress bar)."""
+                    cfg_scale: float, batch: int, context_noise: float = 0.0, latent_frames: int = TOY.latent_frames,
+                    window: int | None = None, sink: int | None = None, progress: bool = False) -> np.ndarray:
+    """Videos (N, T, H, W, 3) uint8 for the captions, sampled `batch` at a time (with a progress bar).
+
+    window/sink: the sampler's rolling KV cache (`max_cache_frames`, `sink_frames`), latent frames.
+    """
     from ..vae import pixels_to_video
 
-    latent = (TOY.latent_frames, TOY.latent_height, TOY.latent_width)
-    if model.config.chunk_frames > latent[0] or latent[0] % model.config.chunk_frames:
+    latent = (latent_frames, TOY.latent_height, TOY.latent_width)
+    if model.config.chunk_frames > TOY.latent_frames or TOY.latent_frames % model.config.chunk_frames:
         raise ValueError(f"the model's chunks of {model.config.chunk_frames} latent frames do not split the "
-                         f"domain's {latent[0]} latent frames: not a model of the toy domain")
+                         f"domain's {TOY.latent_frames} latent frames: not a model of the toy domain")
     out = []
     with torch.no_grad():
         negative = text_encoder.encode([""]) if cfg_scale != 1.0 else None
@@ -108,7 +158,8 @@ def generate_videos(model, text_encoder, codec, captions: list[str], seeds: list
             chunks = list(sample_video(model, plan=plan, context=context, num_frames=latent[0],
                                        latent_height=latent[1], latent_width=latent[2], seeds=batch_seeds,
                                        negative_context=negative, cfg_scale=cfg_scale,
-                                       context_noise=context_noise))
+                                       context_noise=context_noise, max_cache_frames=window or None,
+                                       sink_frames=sink))
             pixels = codec.decode(torch.cat(chunks, dim=2).float())
             out.append(to_uint8(pixels_to_video(pixels)))
             bar.update(len(texts))

@@ -119,14 +119,23 @@ def _score(videos, captions, motion_tolerance, min_area) -> tuple[dict[str, np.n
     rows, feats = [], []
     for video, pair in zip(videos, pairs):
         an = analyse(video, area)
-        checks = frame_checks(an, pair)
-        rows.append(quality_scores(video, an, motion_tolerance) | {k: float(v.mean()) for k, v in checks.items()})
+        rows.append(video_row(video, an, pair, motion_tolerance))
         feats.append(features(video, an))
+    return combine_rows(rows), np.stack(feats)
+
+
+def video_row(video: np.ndarray, an: Analysis, pair: list[tuple[str, str]], tol: float) -> dict[str, float]:
+    """Every sub-score of one video: the quality five, the semantic checks and empty_frames."""
+    return quality_scores(video, an, tol) | {k: float(v.mean()) for k, v in frame_checks(an, pair).items()}
+
+
+def combine_rows(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    """Per-video rows -> (N,) arrays per sub-score, plus quality, semantic and total by their weights."""
     scores = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     scores["quality"] = sum(w * scores[k] for k, w in QUALITY_WEIGHTS.items()) / sum(QUALITY_WEIGHTS.values())
     scores["semantic"] = sum(scores[k] for k in SEMANTIC_KEYS) / len(SEMANTIC_KEYS)
     scores["total"] = sum(w * scores[k] for k, w in TOTAL_WEIGHTS.items())
-    return scores, np.stack(feats)
+    return scores
 
 
 def score_videos(
