@@ -3,11 +3,11 @@
     OMP_NUM_THREADS=1 python -m research.long_video --num 32 --out docs/long_video.json
     python -m research.long_video --table docs/long_video.json     # docs/results.md's tables
 
-Every row is one `asd-eval` run (the shipped student at its trained plan `1*`, unless the row
-is the ground truth) on videos 4x the trained length: 141 pixel frames = 36 latent frames =
-12 chunks of 3, the same captions and noise in every row (evaluation seed 0). Rows differ
-only in the KV cache the sampler keeps. Results are written after each row, and rows already
-in --out are kept, so an interrupted run resumes.
+Every row is one `asd-eval` run on videos 4x the trained length (141 pixel frames = 36 latent
+frames = 12 chunks of 3), the same captions and noise in every row (evaluation seed 0): the
+ground truth as rendered and after the shipped VAE's round trip, then the shipped student at
+its trained plan `1*`, the rows differing only in the KV cache the sampler keeps. Results
+are written after each row, and rows already in --out are kept, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ FRAMES = 141  # 4x the trained 33 pixel frames (9 -> 36 latent frames)
 # (row name, asd-eval arguments beyond --frames/--num/--seed), in table order.
 ROWS = (
     ("ground truth (same shapes, rendered longer)", ["--model", "real"]),
+    ("ground truth, VAE round trip", ["--model", "real-vae"]),
     ("whole-video cache", []),
     ("window 3, sink 0 (each chunk alone)", ["--window", "3", "--sink", "0"]),
     ("window 6, sink 0", ["--window", "6", "--sink", "0"]),
