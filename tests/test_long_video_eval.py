@@ -165,3 +165,15 @@ def test_bad_long_video_flags_are_one_line_errors(args, message, capsys):
     assert main([*args, "--num", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("asd-eval: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_chunks_too_short_to_score_alone_are_refused_before_sampling(toy_files, capsys):
+    """A frame-wise model's first chunk decodes to one pixel frame: refused at once, not after sampling."""
+    config = toy_model_config().__class__(**{**toy_model_config().__dict__, "chunk_frames": 1})
+    torch.manual_seed(0)
+    framewise = save_checkpoint(toy_files["student"].parent / "framewise.safetensors",
+                                CausalWanTransformer(config).state_dict(), config, plan="1")
+    args = ["--checkpoint", str(framewise), "--vae", str(toy_files["vae"]), "--num", "2", "--frames", "37"]
+    assert main(args) == 2  # 10 latent frames: whole chunks of 1, not of 3
+    err = capsys.readouterr().err
+    assert "first chunk of 1 latent frame(s) decodes to 1 pixel frame(s)" in err and len(err.splitlines()) == 1

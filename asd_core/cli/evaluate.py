@@ -99,7 +99,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     plan = parse_plan(args.plan) if args.plan else None  # a typo fails before any loading
     real = not args.checkpoint and args.model in ("real", "real-vae")
-    _check_length(args, toy_model_config(), real)  # the domain's limits, before any loading
+    _check_length(args, toy_model_config() if real else None, real)  # before any loading
     per_chunk = args.per_chunk or args.frames > TOY.pixel_frames or bool(args.window)
     start = time.perf_counter()
     if real:
@@ -120,7 +120,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _check_length(args: argparse.Namespace, config, real: bool) -> None:
-    """--frames, --window and --sink against a config, in the flags' own words (`request.check_request`)."""
+    """--frames, --window and --sink in the flags' own words: against a config (`request.check_request`)
+    when one is given (the domain's for real videos, a model's own chunks and RoPE positions once loaded)."""
     if real and (args.window or args.sink is not None):
         raise ValueError(f"--window and --sink set how a model samples; --model {args.model} renders the domain's "
                          "videos: drop them")
@@ -128,8 +129,9 @@ def _check_length(args: argparse.Namespace, config, real: bool) -> None:
         raise ValueError(f"--sink {args.sink} needs --window: the whole-video cache keeps every frame")
     if args.window < 0:
         raise ValueError(f"--window must be >= 0 latent frames (0 = the whole video), got {args.window}")
-    check_request(config, frames=args.frames, width=TOY.width, height=TOY.height, window_frames=args.window or None,
-                  sink_frames=args.sink, names=EVAL_NAMES)
+    if config is not None:
+        check_request(config, frames=args.frames, width=TOY.width, height=TOY.height, window_frames=args.window or None,
+                      sink_frames=args.sink, names=EVAL_NAMES)
 
 
 def _vae_file(path: str | None) -> Path:

@@ -25,7 +25,7 @@ from ..sampler import sample_video
 from ..schedule import StepPlan, parse_plan
 from .defaults import TOY, toy_model_config
 from .domain import caption, render, sample_video_spec
-from .profile import chunk_scores
+from .profile import MIN_CHUNK_FRAMES, chunk_scores
 from .scores import evaluate_videos
 
 EVAL_STREAM = 2_000_000  # caption stream of evaluation seed 0; far from training (11) and the FD reference
@@ -67,6 +67,7 @@ def score_model(model, text_encoder, codec, *, plan: StepPlan | str | None = Non
         raise ValueError(f"sink={sink} needs a rolling window: the whole-video cache keeps every frame; pass window")
     latent_frames = check_request(model.config, frames=frames, width=TOY.width, height=TOY.height,
                                   window_frames=window, sink_frames=sink, names=LIBRARY_NAMES).latent_frames
+    ranges = _chunk_ranges(latent_frames, model.config.chunk_frames) if per_chunk else None  # before sampling
     if not isinstance(plan, StepPlan):
         plan = parse_plan(plan or model.trained_plan or "1*")
     captions = eval_captions(num, seed)
@@ -74,8 +75,7 @@ def score_model(model, text_encoder, codec, *, plan: StepPlan | str | None = Non
     videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg_scale, batch,
                              context_noise=context_noise, latent_frames=latent_frames, window=window, sink=sink,
                              progress=progress)
-    chunks = model.config.chunk_frames if per_chunk else None
-    return _scores(videos, captions, latent_frames, chunks) | {
+    return _scores(videos, captions, ranges) | {
         "plan": plan.spec, "num": num, "seed": seed, "frames": frames, "window": window or None,
         "sink": _sink_used(model.config.chunk_frames, window, sink)}
 
@@ -94,7 +94,8 @@ def score_real(*, num: int = 64, seed: int = 0, codec=None, batch: int = 16, per
     videos, captions = real_videos(num, seed, frames)
     if codec is not None:
         videos = vae_round_trip(videos, codec, batch)
-    return _scores(videos, captions, latent_frames, TOY.chunk_frames if per_chunk else None) | {
+    ranges = _chunk_ranges(latent_frames, TOY.chunk_frames) if per_chunk else None
+    return _scores(videos, captions, ranges) | {
         "plan": "-", "num": num, "seed": seed, "frames": frames, "window": None, "sink": None}
 
 
@@ -124,12 +125,22 @@ def _check_run(num: int, batch: int, seed: int, cfg_scale: float = 1.0, context_
         raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
 
 
-def _scores(videos: np.ndarray, captions: list[str], latent_frames: int, chunk_frames: int | None) -> dict:
-    result = evaluate_videos(videos, captions)
-    if chunk_frames is not None:
-        from ..vae import chunk_pixel_ranges
+def _chunk_ranges(latent_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """Each chunk's (first, last) pixel frame, or an error when a chunk is too short to score alone."""
+    from ..vae import chunk_pixel_ranges
 
-        ranges = chunk_pixel_ranges(latent_frames, chunk_frames)
+    ranges = chunk_pixel_ranges(latent_frames, chunk_frames)
+    first, last = ranges[0]
+    if last - first + 1 < MIN_CHUNK_FRAMES:
+        raise ValueError(f"the first chunk of {chunk_frames} latent frame(s) decodes to {last - first + 1} pixel "
+                         f"frame(s), too few to score alone (>= {MIN_CHUNK_FRAMES}): per-chunk scores (asked for, or implied by "
+                         "a longer video or a window) need chunks of >= 2 latent frames")
+    return ranges
+
+
+def _scores(videos: np.ndarray, captions: list[str], ranges: list[tuple[int, int]] | None) -> dict:
+    result = evaluate_videos(videos, captions)
+    if ranges is not None:
         result["chunks"] = {"pixel_frames": [list(r) for r in ranges]} | chunk_scores(videos, captions, ranges)
     return result
 
