@@ -26,8 +26,14 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from .rolling_cache import RollingForcingCache
-from .sampler import NonFiniteOutput, SamplerProgress, SamplingCancelled, check_video_shape, draw_noise
-from .sampler import _batch_contexts  # the same conditioning batch as Self Forcing's loop
+from .sampler import (
+    NonFiniteOutput,
+    SamplerProgress,
+    SamplingCancelled,
+    _batch_contexts,  # the same conditioning batch as Self Forcing's loop
+    check_video_shape,
+    draw_noise,
+)
 from .schedule import StepPlan, timestep_to_sigma
 
 ATTENTION_FRAMES = 21  # the reference's attention span in latent frames (its max_attention_size)
