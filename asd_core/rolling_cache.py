@@ -27,12 +27,21 @@ import torch
 
 from .attention import apply_rotary
 
-RopeTables = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # frame offset -> (cos, sin) of the anchor's tokens
+# (frames, first frame) -> RoPE (cos, sin) tables of that many latent frames at that position
+FrameRope = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def time_shift(frame_rope: FrameRope, num_frames: int, from_frame: int, to_frame: int):
+    """cos/sin that move keys of `num_frames` frames, rotated at `from_frame`, to `to_frame`
+    (time axis only: the height/width angles cancel). Rotations compose exactly."""
+    cos_a, sin_a = frame_rope(num_frames, from_frame)
+    cos_b, sin_b = frame_rope(num_frames, to_frame)
+    return cos_b * cos_a + sin_b * sin_a, sin_b * cos_a - cos_b * sin_a
 
 
 class RollingForcingCache:
     def __init__(self, *, num_layers: int, batch_size: int, tokens_per_frame: int, num_heads: int, head_dim: int,
-                 anchor_frames: int, attention_frames: int, anchor_rope: RopeTables,
+                 anchor_frames: int, attention_frames: int, frame_rope: FrameRope,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         if anchor_frames < 1 or attention_frames < anchor_frames:
             raise ValueError(f"attention_frames ({attention_frames}) must be at least the anchor's "
@@ -40,7 +49,7 @@ class RollingForcingCache:
         self.tokens_per_frame = tokens_per_frame
         self.anchor_frames = anchor_frames
         self.attention_frames = attention_frames
-        self.anchor_rope = anchor_rope
+        self.frame_rope = frame_rope
         # The latest clean frames after the anchor: no pass reads more than attention_frames of them.
         self.history_frames = attention_frames
         shape = (num_layers, batch_size, (anchor_frames + self.history_frames) * tokens_per_frame, num_heads, head_dim)
@@ -111,10 +120,8 @@ class RollingForcingCache:
         return slice(end - frames * self.tokens_per_frame, end)
 
     def _rotation_to(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin that move the anchor's time axis from frame 0 to `position` (height/width unchanged)."""
-        cos_0, sin_0 = self.anchor_rope(0)
-        cos_p, sin_p = self.anchor_rope(position)
-        return cos_p * cos_0 + sin_p * sin_0, sin_p * cos_0 - cos_p * sin_0
+        """cos/sin that move the anchor from frame 0 to `position`."""
+        return time_shift(self.frame_rope, self.anchor_frames, 0, position)
 
     def _keep(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a finished chunk after the kept frames (room made by `_advance`'s rolling) and

@@ -162,17 +162,22 @@ def rolling_cache_for_video(model, *, batch: int, latent_height: int, latent_wid
                             attention_frames: int = ATTENTION_FRAMES) -> RollingForcingCache:
     """The cache of one Rolling Forcing request; its anchor is the first chunk."""
     config = model.config
-    anchor_shape = (1, config.in_channels, chunk_frames, latent_height, latent_width)
-
-    def anchor_rope(frame_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return model.rope(torch.empty(anchor_shape, device="meta"), frame_offset)
-
     return RollingForcingCache(
-        num_layers=config.num_layers, batch_size=batch, tokens_per_frame=config.tokens_per_frame(latent_height,
-                                                                                                 latent_width),
+        num_layers=config.num_layers, batch_size=batch,
+        tokens_per_frame=config.tokens_per_frame(latent_height, latent_width),
         num_heads=config.num_attention_heads, head_dim=config.attention_head_dim, anchor_frames=chunk_frames,
-        attention_frames=attention_frames, anchor_rope=anchor_rope, dtype=model.dtype, device=model.device,
+        attention_frames=attention_frames, frame_rope=frame_rope_of(model, latent_height, latent_width),
+        dtype=model.dtype, device=model.device,
     )
+
+
+def frame_rope_of(model, latent_height: int, latent_width: int):
+    """The model's RoPE tables for `frames` latent frames placed at `first_frame` (shape only, no data)."""
+    def frame_rope(frames: int, first_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, model.config.in_channels, frames, latent_height, latent_width)
+        return model.rope(torch.empty(shape, device="meta"), first_frame)
+
+    return frame_rope
 
 
 def _rolling_windows(num_chunks: int, num_steps: int) -> int:

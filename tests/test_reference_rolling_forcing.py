@@ -141,5 +141,5 @@ def test_unbounded_attention_span_differs(recorded, model, monkeypatch, one_torc
 
 
 def _identity(cache: RollingForcingCache) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, _ = cache.anchor_rope(0)
+    cos, _ = cache.frame_rope(cache.anchor_frames, 0)
     return torch.ones_like(cos), torch.zeros_like(cos)
