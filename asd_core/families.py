@@ -95,10 +95,10 @@ FAMILIES: tuple[Family, ...] = (
            start_image=True, hints=(("causal_forcing", "framewise"),),
            download="zhuhz22/Causal-Forcing framewise/causal_forcing.pt"),
     Family("causal_forcing_framewise_2step", "Causal Forcing++ (frame-wise, 2 steps)", _DICT, 1, "2*",
-           entry="generator", start_image=True, hints=(("framewise_2step",),),
+           entry="generator", start_image=True, hints=(("causal_forcing", "framewise_2step"), ("framewise_2step",)),
            download="zhuhz22/Causal-Forcing causal-forcing++/framewise-2step.pt"),
     Family("causal_forcing_framewise_1step", "Causal Forcing++ (frame-wise, 1 step)", _DICT, 1, "1*",
-           entry="generator", start_image=True, hints=(("framewise_1step",),),
+           entry="generator", start_image=True, hints=(("causal_forcing", "framewise_1step"), ("framewise_1step",)),
            download="zhuhz22/Causal-Forcing causal-forcing++/framewise-1step.pt"),
     # thu-ml/Causal-Forcing 1fc7bbc: long_video/configs/rolling_forcing_dmd.yaml (Rolling Forcing's
     # trainer on Causal Forcing: num_frame_per_block 3, 4 steps, num_training_frames 27) and
