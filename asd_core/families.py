@@ -218,7 +218,9 @@ def recognise(raw: Mapping, metadata: Mapping[str, str], path: str | Path, *, fa
         return Recognition(chosen, packaging, "LoRA")
     if packaging == ASD:
         return Recognition(BY_NAME["asd"], packaging, "metadata")
-    hinted = _by_hints(str(path), packaging)
+    # The file name and its two folders (e.g. a Hub download's repo--name/framewise/causal_forcing.pt):
+    # higher folders (where ComfyUI or the user's home lives) say nothing about the release.
+    hinted = _by_hints("/".join(Path(path).parts[-3:]), packaging)
     if hinted is not None:
         if hinted.lora_rank is not None and packaging == TRAINING_DICT:
             raise ValueError(f"{name} looks like {hinted.title}'s base generator, released with a LoRA: pass the "
