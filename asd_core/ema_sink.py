@@ -84,7 +84,8 @@ def sample_ema_sink_video(model, *, window_frames: int, sink_frames: int, alpha:
     """`asd_core.sampler.sample_video` with Reward Forcing's EMA-Sink window (same arguments, and
     `window_frames` / `sink_frames` / `alpha` for the cache). A video that fits the window never
     evicts, so it is Self Forcing's full-cache sampling."""
-    video_frames = num_frames + (0 if prefix is None else prefix.shape[2])
+    start = sample_video_arguments.get("start_latents")  # start frames take cache room like a prefix
+    video_frames = num_frames + sum(0 if part is None else part.shape[2] for part in (prefix, start))
     common = dict(num_frames=num_frames, latent_height=latent_height, latent_width=latent_width, seeds=seeds,
                   prefix=prefix, negative_context=negative_context, cfg_scale=cfg_scale, chunk_frames=chunk_frames,
                   max_cache_frames=window_frames, sink_frames=sink_frames, **sample_video_arguments)
