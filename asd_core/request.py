@@ -276,8 +276,9 @@ def estimate_memory(config, *, batch: int, latent_frames: int, latent_height: in
 
     The parts are `asd_core.budget`'s (the figures `asd-inspect` reports): the KV cache for
     the cached frames (the window when rolling) and one pass's activations (a chunk, or a larger
-    prompt-switch re-cache pass), for the batch doubled under guidance, and the weights. Latents: the float32 video kept as chunks plus
-    their concatenation. Pixels: the decoded float32 video, its concatenation and the uint8 copy.
+    prompt-switch re-cache pass), for the batch doubled under guidance, and the weights.
+    Latents: the float32 video as chunks plus their concatenation. Pixels: the decoded float32
+    video, its concatenation and the uint8 copy.
     """
     from .budget import chunk_activation_bytes, kv_cache_bytes
 
