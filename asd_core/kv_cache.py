@@ -5,7 +5,12 @@ One tensor pair holds every layer (`(L, B, tokens, heads, head_dim)`): resetting
 length change, never a reallocation, and rolling moves all layers in one copy.
 
 Rolling mode (videos longer than the cache): the first `sink_frames` frames stay forever,
-the oldest of the others are dropped to make room, as Self Forcing's rolling cache does.
+the oldest of the others are dropped to make room, as Self Forcing's rolling cache does, and
+LongLive's (Wan2.1 version) whenever the sink fits in the first chunk, as its release (3 and 3)
+does; with a larger sink LongLive attends to the sink's still-empty (zero) slots and, after a
+chunk's first denoising step, no longer writes into the sink region (its later steps and cache
+fill keep the first step's keys there). This cache does not copy that: with a 9-frame window
+and 6 sink frames the two are 4e-2 (relative) apart from the first chunk on.
 
 Re-cache (a prompt switch, LongLive's KV re-cache): `begin_rewrite(n)` recomputes the
 last `n` held frames in place; `recache_frames()` says which frames LongLive recomputes.

@@ -246,3 +246,14 @@ def test_bad_switches_are_refused_in_one_line_before_any_model_call(model, switc
         with pytest.raises(ValueError) as error:
             ours(model, text(model, 1), 8, prompt_switches=switches)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cache_rewrite_needs_held_frames(model):
+    cache = model.new_kv_cache(batch_size=1, capacity_frames=4, latent_height=H, latent_width=W)
+    with pytest.raises(ValueError, match="cannot re-cache 2 frames: the cache holds 0"):
+        cache.begin_rewrite(2)
+    cache.begin(2, commit=True)
+    cache.finish()
+    cache.begin_rewrite(2)  # the held frames, in place: the length does not change
+    cache.finish()
+    assert cache.length_frames == 2 and cache.recache_frames() == 2
