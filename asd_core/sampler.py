@@ -157,15 +157,16 @@ def sample_video(
     recent = RecentFrames(cache.capacity_frames) if switches and recache else None
 
     def predict(x: torch.Tensor, timestep: float, frame_offset: int, update_cache: bool, chunk: int,
-                **recache_pass) -> torch.Tensor:
+                recache_pass: bool = False) -> torch.Tensor:
         """One transformer pass (two halves of one batch under CFG); returns x0 in float32."""
         nonlocal calls
         if should_cancel is not None and should_cancel():
             raise SamplingCancelled(f"cancelled after {calls} of {total_calls} model calls")
         model_in = torch.cat([x, x]) if guided else x
+        rewrite = {"recache": True} if recache_pass else {}  # the keyword only where a re-cache needs it
         with torch.no_grad():
             flow = model(model_in, timestep, contexts, frame_offset=frame_offset, kv_cache=cache,
-                         update_cache=update_cache, **recache_pass).float()
+                         update_cache=update_cache, **rewrite).float()
         if guided:
             cond, uncond = flow.chunk(2)
             flow = uncond + cfg_scale * (cond - uncond)
@@ -188,7 +189,7 @@ def sample_video(
             contexts = switch_contexts[chunk].to(device)
             if recent is not None:  # LongLive's re-cache: the held frames' keys under the new prompt
                 count = cache.recache_frames()
-                predict(recent.last(count).to(device), context_noise, offset - count, False, chunk, recache=True)
+                predict(recent.last(count).to(device), context_noise, offset - count, False, chunk, recache_pass=True)
         timesteps = plan.timesteps_for_chunk(chunk)
         # Every draw of the chunk at once, in each generator's order (start noise, then one per
         # re-noise): one host-to-device copy per chunk instead of one per step.
