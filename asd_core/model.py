@@ -80,6 +80,9 @@ class CausalWanTransformer(nn.Module):
         self.attention_backend = "auto"
         self.trained_plan: str | None = None  # set by the checkpoint loader
         self.checkpoint_layout: str | None = None
+        self.family = None  # families.Family the file was recognised as (sampling defaults); set by the loader
+        self.family_basis = ""
+        self.lora_file: str | None = None
 
     @property
     def device(self) -> torch.device:

@@ -20,6 +20,7 @@ from .kv_cache import KVCache
 from .prompt_switch import PromptSwitch, RecentFrames, check_prompt_switches, largest_recache
 from .request import API_NAMES, check_request, check_seed
 from .schedule import StepPlan, timestep_to_sigma
+from .start_image import START_FILL_TIMESTEP, check_start_latents
 
 
 class SamplingCancelled(Exception):
@@ -86,6 +87,7 @@ def sample_video(
     should_cancel: Callable[[], bool] | None = None,
     prompt_switches: Sequence[PromptSwitch] = (),
     recache: bool = True,
+    start_latents: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the clean latents (B, C, chunk_frames, H, W) of each chunk, in order, float32 on the CPU.
 
@@ -105,6 +107,10 @@ def sample_video(
       latent frame `frame` (a chunk start, increasing) on, that text conditions the video.
     recache: at each switch, first recompute the cached frames' keys and values under the new
       prompt (LongLive's KV re-cache: one more model call per switch); False keeps the old cache.
+    start_latents: (B or 1, C, F0, H, W) clean latents of a start image (F0 = 1) or video:
+      yielded first as they are, then they fill the cache at timestep 0 (image-to-video as
+      Causal Forcing does it; `asd_core.start_image`). `num_frames` counts the generated frames
+      after them, and an FFE plan's first chunk is the first generated one.
 
     Latents stay on the model's device while a chunk is denoised (noise is drawn on the CPU per
     chunk and copied once), and each finished chunk moves to the CPU, so a long video's latents
@@ -114,7 +120,12 @@ def sample_video(
     chunk_frames = chunk_frames or config.chunk_frames
     batch = len(seeds)
     guided = negative_context is not None and cfg_scale != 1.0
-    prefix_frames = 0 if prefix is None else prefix.shape[2]
+    start = None if start_latents is None else check_start_latents(
+        start_latents, batch=batch, channels=config.in_channels, latent_height=latent_height,
+        latent_width=latent_width, prefix=prefix)
+    # Start latents fill the cache as a prefix does, labelled timestep 0, and are also returned.
+    seeding, seeding_timestep = (prefix, context_noise) if start is None else (start, START_FILL_TIMESTEP)
+    prefix_frames = 0 if seeding is None else seeding.shape[2]
     switches = check_prompt_switches(prompt_switches, num_frames=num_frames, chunk_frames=chunk_frames, batch=batch,
                                      text_dim=config.text_dim, guided=guided)
     capacity = _cache_geometry(model, prefix_frames + num_frames, max_cache_frames, sink_frames, chunk_frames)[0]
@@ -176,10 +187,12 @@ def sample_video(
         return x - timestep_to_sigma(timestep) * flow
 
     cache.reset()
-    for start in range(0, prefix_frames, chunk_frames):
-        piece = prefix[:, :, start : start + chunk_frames].to(device, torch.float32)
-        predict(piece, context_noise, start, True, -1)
-        if recent is not None:
+    if start is not None:
+        yield start.clone()  # a copy: the caller may edit what it gets while the cache is filled from `start`
+    for first in range(0, prefix_frames, chunk_frames):
+        piece = seeding[:, :, first : first + chunk_frames].to(device, torch.float32)
+        predict(piece, seeding_timestep, first, True, -1)
+        if recent is not None:  # a re-cache recomputes them too (at context_noise, as LongLive does every frame)
             recent.add(piece)
 
     shape = (batch, config.in_channels, chunk_frames, latent_height, latent_width)

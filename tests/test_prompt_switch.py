@@ -257,3 +257,16 @@ def test_cache_rewrite_needs_held_frames(model):
     cache.begin_rewrite(2)  # the held frames, in place: the length does not change
     cache.finish()
     assert cache.length_frames == 2 and cache.recache_frames() == 2
+
+
+def test_switch_after_a_start_image_recomputes_it_too(model, one_torch_thread):
+    """Image-to-video: the start frame is held like a prefix, so the re-cache recomputes it (at
+    context_noise, 0 here, the timestep it was first written with)."""
+    first, second = text(model, 1), text(model, 2)
+    start = torch.randn(1, 16, 1, H, W, generator=torch.Generator().manual_seed(6))
+    switches = [PromptSwitch(2, second)]
+    got = ours(model, first, 6, start_latents=start, prompt_switches=switches)
+    assert torch.equal(got[:, :, :1], start.expand(2, -1, -1, -1, -1))
+    expected = reference_video(model, parse_plan("1*"), first, 6, [1, 2], switches=switches,
+                               prefix=start.expand(2, -1, -1, -1, -1))
+    torch.testing.assert_close(got[:, :, 1:], expected, rtol=1e-4, atol=1e-4)
