@@ -117,6 +117,7 @@ class CausalWanTransformer(nn.Module):
         frame_offset: int = 0,
         kv_cache: KVCache | None = None,
         update_cache: bool = False,
+        recache: bool = False,
         return_features: tuple[int, ...] = (),
     ):
         """Flow prediction (noise - x0) for latents x (B, C, F, H, W).
@@ -124,7 +125,8 @@ class CausalWanTransformer(nn.Module):
         timestep: scalar, (B,) or per-frame (B, F), in [0, 1000].
         Without `kv_cache`: the whole clip at once, block-causal over chunks (bidirectional
         when `chunk_frames >= F`). With `kv_cache`: x is the next chunk, placed at
-        `frame_offset`; `update_cache=True` keeps its keys/values for later chunks.
+        `frame_offset`; `update_cache=True` keeps its keys/values for later chunks;
+        `recache=True`: x is the cache's last held frames, recomputed in place (a prompt switch).
         With `return_features`: also the hidden states (B, S, D) after those block indices.
         """
         # The boundary: whatever device and float type the caller holds (ComfyUI hands float32
@@ -148,7 +150,10 @@ class CausalWanTransformer(nn.Module):
                 mask = build(frames, tokens_per_frame, self.config.chunk_frames, frame_offset, x.device)
             self.routing.mask, self.routing.cache = mask, None
         else:
-            kv_cache.begin(frames, commit=update_cache)
+            if recache:
+                kv_cache.begin_rewrite(frames)
+            else:
+                kv_cache.begin(frames, commit=update_cache)
             self.routing.mask, self.routing.cache = None, kv_cache
 
         features = []
