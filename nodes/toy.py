@@ -144,6 +144,42 @@ class ASDEncodeVideoPrefix:
         return ({"samples": samples},)
 
 
+class ASDEncodeStartImage:
+    DESCRIPTION = (
+        "Encodes a start image with the built-in default model's VAE into the start_latent the ASD Causal "
+        "Sampler begins the video with (image to video). For Wan checkpoints use VAEEncode with the Wan VAE."
+    )
+    CATEGORY = "ASD/built-in"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("start_latent",)
+    OUTPUT_TOOLTIPS = ("Start latent [1, 16, 1, H/8, W/8] (raw VAE space) for the sampler's start_latent input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {
+            "tooltip": "The first frame of the video (Load Image); 64x64 for the built-in default. Of a batch, "
+                       "the first image is used.",
+        })}}
+
+    def encode(self, image):
+        from ..asd_core.vae import to_raw
+
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+            raise ValueError("image must be a ComfyUI IMAGE [batch, height, width, 3]")
+        _, height, width, _ = image.shape
+        if height % 16 or width % 16:
+            raise ValueError(
+                f"the image is {width}x{height}; width and height must be multiples of 16: resize or crop it first "
+                f"(e.g. ImageScale to {max(16, width // 16 * 16)}x{max(16, height // 16 * 16)})"
+            )
+        frame = rearrange(image[:1, :, :, :3].float() * 2 - 1, "f h w c -> 1 c f h w")  # alpha dropped
+        codec = default_pipeline().codec
+        with torch.no_grad():
+            latents = codec.encode(frame)  # one image: the VAE encodes the first frame on its own
+        return ({"samples": to_raw(latents).float().cpu()},)
+
+
 def _video_latent(latent, name: str) -> torch.Tensor:
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError(f"{name} must be a LATENT ({{'samples': tensor}})")

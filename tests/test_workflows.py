@@ -285,3 +285,48 @@ def test_requirements_txt_is_pyprojects_dependencies_without_torch():
     listed = [line.strip() for line in (repo / "requirements.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
     assert listed == [d for d in declared if not d.startswith("torch")]
+
+
+# --- long video, prompt switch, image to video, templates -------------------------------------
+
+
+def maker():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def uint8_frames(images: torch.Tensor):
+    """ComfyUI IMAGE [T, H, W, 3] in 0..1 -> the evaluator's uint8 frames."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def test_long_video_workflow_is_4x_the_trained_length_in_a_rolling_window_with_sinks():
+    prompt = convert("asd_long_video.json")
+    results = comfy_executor.Executor(pack, CORE).run(prompt)
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (decode,) = by_class(prompt, "ASDDecode")
+    (loader,) = by_class(prompt, "ASDModelLoader")
+    (text,) = by_class(prompt, "ASDTextEncode")
+    (plan,) = by_class(prompt, "ASDStepScheduler")
+    widgets = prompt[sampler]["inputs"]
+    model = results[loader][0].model
+    trained_latent_frames = 9  # the built-in default's clips: 33 frames
+    assert (widgets["window_frames"], widgets["sink_frames"]) == (trained_latent_frames, model.config.chunk_frames)
+    samples = results[sampler][0]["samples"]
+    assert samples.shape[2] == 4 * trained_latent_frames
+    # The node's output is the library's rolling-window sampler with that window and sink, nothing else.
+    context = sys.modules[f"{P}.asd_core.text"].conditioning_from_comfy(results[text][0])
+    expected = sys.modules[f"{P}.asd_core.sampler"].generate_latents(
+        model, plan=results[plan][0], context=context, num_frames=samples.shape[2], latent_height=8, latent_width=8,
+        seeds=[widgets["seed"]], max_cache_frames=trained_latent_frames, sink_frames=model.config.chunk_frames)
+    assert torch.equal(samples, sys.modules[f"{P}.asd_core.vae"].to_raw(expected))
+    whole_cache = sys.modules[f"{P}.asd_core.sampler"].generate_latents(
+        model, plan=results[plan][0], context=context, num_frames=samples.shape[2], latent_height=8, latent_width=8,
+        seeds=[widgets["seed"]])
+    assert not torch.equal(expected, whole_cache)  # the window really rolled
+    images = results[decode][0]
+    assert images.shape == (widgets["frames"], 64, 64, 3) == (141, 64, 64, 3)
