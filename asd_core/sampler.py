@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .kv_cache import KVCache
 from .request import API_NAMES, check_request, check_seed
 from .schedule import StepPlan, timestep_to_sigma
+from .start_image import START_FILL_TIMESTEP, check_start_latents
 
 
 class SamplingCancelled(Exception):
@@ -80,6 +81,7 @@ def sample_video(
     cache: KVCache | None = None,
     callback: Callable[[SamplerProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    start_latents: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the clean latents (B, C, chunk_frames, H, W) of each chunk, in order, float32 on the CPU.
 
@@ -95,6 +97,10 @@ def sample_video(
     max_cache_frames: None sizes the cache for the whole video; a number makes it a rolling
       window of that many frames keeping `sink_frames` (default: one chunk) for ever.
     cache: a KVCache to reuse between videos (`kv_cache_for_video` makes one); default: a new one.
+    start_latents: (B or 1, C, F0, H, W) clean latents of a start image (F0 = 1) or video:
+      yielded first as they are, then they fill the cache at timestep 0 (image-to-video as
+      Causal Forcing does it; `asd_core.start_image`). `num_frames` counts the generated frames
+      after them, and an FFE plan's first chunk is the first generated one.
 
     Latents stay on the model's device while a chunk is denoised (noise is drawn on the CPU per
     chunk and copied once), and each finished chunk moves to the CPU, so a long video's latents
@@ -104,12 +110,17 @@ def sample_video(
     chunk_frames = chunk_frames or config.chunk_frames
     batch = len(seeds)
     guided = negative_context is not None and cfg_scale != 1.0
+    start = None if start_latents is None else check_start_latents(
+        start_latents, batch=batch, channels=config.in_channels, latent_height=latent_height,
+        latent_width=latent_width, prefix=prefix)
+    # Start latents fill the cache as a prefix does, labelled timestep 0, and are also returned.
+    seeding, seeding_timestep = (prefix, context_noise) if start is None else (start, START_FILL_TIMESTEP)
+    prefix_frames = 0 if seeding is None else seeding.shape[2]
     check_video_shape(model, num_frames=num_frames, latent_height=latent_height, latent_width=latent_width,
                       seeds=seeds, guided=guided, context_noise=context_noise, cfg_scale=cfg_scale,
-                      prefix_frames=0 if prefix is None else prefix.shape[2], max_cache_frames=max_cache_frames,
+                      prefix_frames=prefix_frames, max_cache_frames=max_cache_frames,
                       sink_frames=sink_frames, chunk_frames=chunk_frames, reusable_cache=cache)
     contexts = _batch_contexts(context, negative_context if guided else None, batch)
-    prefix_frames = 0 if prefix is None else prefix.shape[2]
     if prefix is not None and (prefix.shape[0] != batch or prefix.shape[1] != config.in_channels
                                or prefix.shape[3:] != (latent_height, latent_width)):
         raise ValueError(
@@ -151,9 +162,11 @@ def sample_video(
         return x - timestep_to_sigma(timestep) * flow
 
     cache.reset()
-    for start in range(0, prefix_frames, chunk_frames):
-        piece = prefix[:, :, start : start + chunk_frames].to(device, torch.float32)
-        predict(piece, context_noise, start, True, -1)
+    if start is not None:
+        yield start.clone()  # a copy: the caller may edit what it gets while the cache is filled from `start`
+    for first in range(0, prefix_frames, chunk_frames):
+        piece = seeding[:, :, first : first + chunk_frames].to(device, torch.float32)
+        predict(piece, seeding_timestep, first, True, -1)
 
     shape = (batch, config.in_channels, chunk_frames, latent_height, latent_width)
     for chunk in range(num_chunks):
