@@ -166,6 +166,7 @@ class ASDCausalSampler:
                negative=None, prefix=None, include_prefix: bool = True, start_latent=None, prompt_schedule=None,
                sink_frames: int = -1):
         from ..asd_core.sampler import sample_video
+        from ..asd_core.start_image import start_latents_from_latent
         from ..asd_core.vae import from_raw, to_raw
 
         if not isinstance(model, AsdModel):
@@ -204,7 +205,7 @@ class ASDCausalSampler:
         if prompt_schedule is not None:
             optional = prompt_switches(prompt_schedule, chunk, num_latent, net.config.text_dim)
         if start_latents is not None:
-            optional["start_latents"] = from_raw(start_latents)
+            optional["start_latents"] = start_latents_from_latent({"samples": start_latents})
 
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         progress = None

@@ -158,25 +158,15 @@ class ASDEncodeStartImage:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": ("IMAGE", {
-            "tooltip": "The first frame of the video (Load Image); 64x64 for the built-in default. Of a batch, "
-                       "the first image is used.",
+            "tooltip": "The video's first frame (Load Image), 64x64 for the built-in default; or 4k+1 frames "
+                       "that begin the video (a start video).",
         })}}
 
     def encode(self, image):
+        from ..asd_core.start_image import encode_start_image
         from ..asd_core.vae import to_raw
 
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
-            raise ValueError("image must be a ComfyUI IMAGE [batch, height, width, 3]")
-        _, height, width, _ = image.shape
-        if height % 16 or width % 16:
-            raise ValueError(
-                f"the image is {width}x{height}; width and height must be multiples of 16: resize or crop it first "
-                f"(e.g. ImageScale to {max(16, width // 16 * 16)}x{max(16, height // 16 * 16)})"
-            )
-        frame = rearrange(image[:1, :, :, :3].float() * 2 - 1, "f h w c -> 1 c f h w")  # alpha dropped
-        codec = default_pipeline().codec
-        with torch.no_grad():
-            latents = codec.encode(frame)  # one image: the VAE encodes the first frame on its own
+        latents = encode_start_image(default_pipeline().codec, image)  # one-line errors for bad images
         return ({"samples": to_raw(latents).float().cpu()},)
 
 
