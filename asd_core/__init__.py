@@ -14,7 +14,7 @@ from .checkpoint import CheckpointError, load_model, read_checkpoint, save_check
 from .config import CausalWanConfig, tiny_config, wan21_t2v_1_3b
 from .kv_cache import KVCache
 from .model import CausalWanTransformer
-from .sampler import SamplerProgress, SamplingCancelled, generate_latents, sample_video
+from .sampler import PromptSwitch, SamplerProgress, SamplingCancelled, generate_latents, sample_video
 from .schedule import StepPlan, ffe_plan, format_plan, parse_plan, uniform_plan
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "CausalWanTransformer",
     "KVCache",
+    "PromptSwitch",
     "SamplerProgress",
     "SamplingCancelled",
     "StepPlan",

@@ -11,34 +11,34 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-import safetensors
-import safetensors.torch
 import torch
 
 from .atomic import save_safetensors
+from .checkpoint_io import (  # noqa: F401  (check_checkpoint_path, TORCH_SUFFIXES: part of this module's API)
+    SAFETENSORS_SUFFIXES,
+    SHOWN_KEYS,
+    TORCH_SUFFIXES,
+    CheckpointError,
+    check_checkpoint_path,
+    read_safetensors,
+    read_torch,
+)
 from .config import WAN_TEXT_LEN, CausalWanConfig
+from .families import ASD, Family, causal_ar_metadata, chunk_frames_in_metadata, recognise
 from .layouts import COMFYUI_PREFIX, diffusers_to_wan, to_diffusers
 
 FORMAT = "comfyui-asd/1"
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth")
 WAN_HEAD_DIM = 128  # Wan2.1 always uses 128-channel heads; a foreign file's head count follows from it
 RESERVED_METADATA = ("asd.format", "asd.config", "asd.plan", "config")  # "config": ComfyUI reads it
 # The guidance a checkpoint samples with by default (a teacher: the CFG scale its many-step plan
 # scores best at). Only teachers write it; a distilled student samples without guidance.
 GUIDANCE_METADATA = "asd.cfg"
-SHOWN_KEYS = 5  # keys listed per kind of mismatch in error messages
 _BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read as, or does not fit, a causal Wan transformer."""
 
 
 @dataclass
@@ -50,6 +50,9 @@ class LoadedCheckpoint:
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors metadata, as stored
     source: str = "foreign"  # "asd" (our metadata), "comfyui_causal" (ComfyUI causal_ar) or "foreign"
     entry: str | None = None  # Self Forcing: "generator_ema" or "generator"
+    family: Family | None = None  # the release it was recognised as (families.py); None: plain Wan weights
+    family_basis: str = ""  # how: "family=", "metadata", "file name", "packaging" or "LoRA"
+    lora: str | None = None  # the LoRA file merged into the weights
 
 
 def recorded_guidance(metadata: dict[str, str], source: str, default: float | None = None) -> float | None:
@@ -119,30 +122,43 @@ def _write(path, state_dict, config, metadata, extra, *, layout: str) -> Path:
     return path
 
 
-def read_checkpoint(path, *, prefer_ema: bool = True, config: CausalWanConfig | None = None,
-                    tensors: bool = True) -> LoadedCheckpoint:
+def read_checkpoint(path, *, prefer_ema: bool | None = None, config: CausalWanConfig | None = None,
+                    tensors: bool = True, family: str | None = None, lora=None) -> LoadedCheckpoint:
     """Read any supported checkpoint, convert it to the diffusers layout and check it.
 
     `config` overrides what the file says or what shapes imply (needed for foreign files of
-    models whose heads are not 128 wide). `prefer_ema`: for Self Forcing files, take
-    `generator_ema` when present. `tensors=False` reads only a safetensors file's header: the
-    state dict then holds meta tensors of the right shapes (what `read_config` needs to check
-    a request before anything is loaded); .pt files are always read whole.
+    models whose heads are not 128 wide). `family` names the release (families.py; None or
+    "auto": recognised from the file); it decides the entry of a training dict unless
+    `prefer_ema` does (True: `generator_ema` when present), and the chunk size and trained plan
+    the file does not record. `lora`: a LoRA file merged into the weights (LongLive).
+    `tensors=False` reads only a safetensors file's header: the state dict then holds meta
+    tensors of the right shapes (what `read_config` needs to check a request before anything
+    is loaded); .pt files are always read whole.
     """
     path = Path(path)
     check_checkpoint_path(path)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        raw, metadata = _read_safetensors(path, tensors=tensors)
+        raw, metadata = read_safetensors(path, tensors=tensors)
     else:
-        raw, metadata = _read_torch(path), {}
+        raw, metadata = read_torch(path), {}
 
     try:
+        found = recognise(raw, metadata, path, family=family, lora=lora is not None)
+        if prefer_ema is None:
+            prefer_ema = found.family is None or found.family.entry != "generator"
         state_dict, layout, entry = to_diffusers(raw, prefer_ema=prefer_ema)
+        if lora is not None:
+            from .lora import merge_lora, read_lora
+
+            state_dict = merge_lora(state_dict, read_lora(lora), alpha=found.family.lora_alpha, source=str(lora))
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from err
 
     file_config, plan, source, chunk_frames = _read_metadata(path, metadata)
+    if found.family is not None and found.packaging != ASD:  # our files record their own settings
+        chunk_frames = chunk_frames or found.family.chunk_frames
+        plan = plan or found.family.plan
     if config is None:
         config = file_config
     if config is None:
@@ -151,63 +167,15 @@ def read_checkpoint(path, *, prefer_ema: bool = True, config: CausalWanConfig | 
             config = replace(config, chunk_frames=chunk_frames)
     check_config_fits(state_dict, config, source=str(path))  # cheap, and before any model is built
     validate_state_dict(state_dict, config, layout, source=str(path))
-    return LoadedCheckpoint(state_dict, config, plan, layout, metadata, source, entry)
+    return LoadedCheckpoint(state_dict, config, plan, layout, metadata, source, entry, found.family, found.basis,
+                            None if lora is None else str(lora))
 
 
-def read_config(path, *, config: CausalWanConfig | None = None) -> LoadedCheckpoint:
+def read_config(path, *, config: CausalWanConfig | None = None, family: str | None = None,
+                lora=None) -> LoadedCheckpoint:
     """The checked config, plan and metadata of a checkpoint without loading its weights (safetensors)."""
-    return read_checkpoint(path, config=config, tensors=False)
+    return read_checkpoint(path, config=config, tensors=False, family=family, lora=lora)
 
-
-def check_checkpoint_path(path: Path) -> None:
-    """A clear error for a path that is not a checkpoint file: missing, a folder, or of another type."""
-    accepted = ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
-        hint = (f"pass one of the files in it: {', '.join(inside[:SHOWN_KEYS])}" if inside
-                else f"it holds no {accepted} file; pass the transformer's checkpoint file itself")
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file: {hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix.lower() not in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES:
-        raise ValueError(f"unsupported checkpoint type {path.name!r}: accepted extensions are {accepted}")
-
-
-def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict, dict]:
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            if tensors:
-                state = {key: f.get_tensor(key) for key in f.keys()}
-            else:
-                state = {key: torch.empty(f.get_slice(key).get_shape(), device="meta") for key in f.keys()}
-    except (safetensors.SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); was the download complete?") from err
-    return state, metadata
-
-
-def _read_torch(path: Path):
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): download or save it again")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch's own message suggests weights_only=False; keep only the reason it names.
-        reason = str(err).split("WeightsUnpickler error:")[-1].strip().split(". ")[0].splitlines()[0]
-        raise CheckpointError(
-            f"{path} could not be loaded as plain tensors with torch.load(weights_only=True) ({reason}). "
-            "It holds pickled Python objects, which are never unpickled here (they can run code); "
-            "save only the state dict (tensors), or convert the file to .safetensors"
-        ) from err
-    except Exception as err:  # RuntimeError, OSError, EOFError, KeyError...: the bytes are not a whole torch file
-        reason = f"{type(err).__name__}: " + " ".join(str(err).split(". ")[0].split())
-        raise CheckpointError(
-            f"{path} is truncated or corrupt: torch.load cannot read it ({reason[:200]}); was the download or the "
-            "save complete? Download or save it again"
-        ) from err
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
-    return obj
 
 
 def _read_metadata(path: Path, metadata: dict) -> tuple[CausalWanConfig | None, str | None, str, int | None]:
@@ -224,13 +192,8 @@ def _read_metadata(path: Path, metadata: dict) -> tuple[CausalWanConfig | None, 
         return config, metadata.get("asd.plan"), "asd", None
     # ComfyUI's repackaged causal Wan files: metadata config = {"transformer": {"causal_ar": true}}.
     # They name no chunk size (ComfyUI's sampler node chooses it); take one if a file has it.
-    try:
-        transformer = json.loads(metadata.get("config", "{}")).get("transformer", {})
-    except (ValueError, AttributeError):
-        transformer = {}
-    if isinstance(transformer, dict) and transformer.get("causal_ar"):
-        frames = transformer.get("num_frame_per_block")
-        return None, None, "comfyui_causal", int(frames) if frames else None
+    if causal_ar_metadata(metadata):
+        return None, None, "comfyui_causal", chunk_frames_in_metadata(metadata)
     return None, None, "foreign", None
 
 
@@ -356,8 +319,12 @@ def _shape(value) -> tuple | str:
 
 
 def load_model(path, *, device="cpu", dtype: torch.dtype = torch.float32, chunk_frames: int | None = None,
-               config: CausalWanConfig | None = None, prefer_ema: bool = True):
-    """Read a checkpoint and build its CausalWanTransformer, ready for sampling (eval, no grad).
+               config: CausalWanConfig | None = None, prefer_ema: bool | None = None, family: str | None = None,
+               lora=None):
+    """Read a checkpoint (+ LoRA) and build its CausalWanTransformer, ready for sampling (eval, no grad).
+
+    `family` / `lora` as in `read_checkpoint`; the model carries the recognised family
+    (`model.family`, with its sampling defaults) and its trained plan.
 
     Norms, modulation tables and the timestep MLP stay float32 whatever `dtype` (as diffusers'
     `_keep_in_fp32_modules`): bf16 parity with upstream Wan needs them in full precision.
@@ -366,7 +333,7 @@ def load_model(path, *, device="cpu", dtype: torch.dtype = torch.float32, chunk_
 
     from .model import CausalWanTransformer, cast_for_inference
 
-    checkpoint = read_checkpoint(path, prefer_ema=prefer_ema, config=config)
+    checkpoint = read_checkpoint(path, prefer_ema=prefer_ema, config=config, family=family, lora=lora)
     config = checkpoint.config
     if chunk_frames is not None:
         config = replace(config, chunk_frames=chunk_frames)
@@ -379,4 +346,5 @@ def load_model(path, *, device="cpu", dtype: torch.dtype = torch.float32, chunk_
     model.trained_plan = checkpoint.plan
     model.checkpoint_layout = checkpoint.layout
     model.checkpoint_metadata = dict(checkpoint.metadata)  # e.g. asd.role: teacher or student
+    model.family, model.family_basis, model.lora_file = checkpoint.family, checkpoint.family_basis, checkpoint.lora
     return model.eval()

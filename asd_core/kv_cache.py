@@ -5,7 +5,15 @@ One tensor pair holds every layer (`(L, B, tokens, heads, head_dim)`): resetting
 length change, never a reallocation, and rolling moves all layers in one copy.
 
 Rolling mode (videos longer than the cache): the first `sink_frames` frames stay forever,
-the oldest of the others are dropped to make room, as Self Forcing's rolling cache does.
+the oldest of the others are dropped to make room, as Self Forcing's rolling cache does, and
+LongLive's (Wan2.1 version) whenever the sink fits in the first chunk, as its release (3 and 3)
+does; with a larger sink LongLive attends to the sink's still-empty (zero) slots and, after a
+chunk's first denoising step, no longer writes into the sink region (its later steps and cache
+fill keep the first step's keys there). This cache does not copy that: with a 9-frame window
+and 6 sink frames the two are 4e-2 (relative) apart from the first chunk on.
+
+Re-cache (a prompt switch, LongLive's KV re-cache): `begin_rewrite(n)` recomputes the
+last `n` held frames in place; `recache_frames()` says which frames LongLive recomputes.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class KVCache:
         self.evicted_frames = 0  # frames dropped by rolling, for bookkeeping and tests
         self._pending_frames = 0  # frames of the call in progress (written, maybe not committed)
         self._commit = False
+        self._rewrite = False
 
     @property
     def batch_size(self) -> int:
@@ -64,6 +73,7 @@ class KVCache:
         self.length_frames = 0
         self.evicted_frames = 0
         self._pending_frames = 0
+        self._commit = self._rewrite = False
 
     def begin(self, num_frames: int, *, commit: bool) -> None:
         """Prepare a forward pass over `num_frames` new frames; roll first if they don't fit.
@@ -87,6 +97,13 @@ class KVCache:
         self._pending_frames = num_frames
         self._commit = commit
 
+    def begin_rewrite(self, num_frames: int) -> None:
+        """Prepare a pass that recomputes the last `num_frames` held frames (a re-cache): their
+        keys replace the old ones in place, and the pass sees every held frame, itself included."""
+        if not 0 < num_frames <= self.length_frames:
+            raise ValueError(f"cannot re-cache {num_frames} frames: the cache holds {self.length_frames}")
+        self._pending_frames, self._commit, self._rewrite = num_frames, False, True
+
     def _evict(self, num_frames: int) -> None:
         tpf = self.tokens_per_frame
         shift = num_frames * tpf
@@ -103,7 +120,8 @@ class KVCache:
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this layer's new keys/values (B, S, H, D) and return everything to attend to."""
-        start = self.length_frames * self.tokens_per_frame
+        held = self.length_frames - (self._pending_frames if self._rewrite else 0)
+        start = held * self.tokens_per_frame
         end = start + keys.shape[1]
         if keys.shape[1] != self._pending_frames * self.tokens_per_frame:
             raise RuntimeError("KVCache.update called with a token count that does not match begin()")
@@ -116,7 +134,13 @@ class KVCache:
         if self._commit:
             self.length_frames += self._pending_frames
         self._pending_frames = 0
-        self._commit = False
+        self._commit = self._rewrite = False
+
+    def recache_frames(self) -> int:
+        """How many of the held frames a re-cache recomputes: all of them, or, once the rolling
+        window has dropped frames, all but the sink (LongLive's `global_sink`: the sink keeps
+        the keys it was first written with)."""
+        return self.length_frames - (self.sink_frames if self.evicted_frames else 0)
 
     def nbytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() * 2

@@ -80,6 +80,9 @@ class CausalWanTransformer(nn.Module):
         self.attention_backend = "auto"
         self.trained_plan: str | None = None  # set by the checkpoint loader
         self.checkpoint_layout: str | None = None
+        self.family = None  # families.Family the file was recognised as (sampling defaults); set by the loader
+        self.family_basis = ""
+        self.lora_file: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -114,6 +117,7 @@ class CausalWanTransformer(nn.Module):
         frame_offset: int = 0,
         kv_cache: KVCache | None = None,
         update_cache: bool = False,
+        recache: bool = False,
         return_features: tuple[int, ...] = (),
     ):
         """Flow prediction (noise - x0) for latents x (B, C, F, H, W).
@@ -121,7 +125,8 @@ class CausalWanTransformer(nn.Module):
         timestep: scalar, (B,) or per-frame (B, F), in [0, 1000].
         Without `kv_cache`: the whole clip at once, block-causal over chunks (bidirectional
         when `chunk_frames >= F`). With `kv_cache`: x is the next chunk, placed at
-        `frame_offset`; `update_cache=True` keeps its keys/values for later chunks.
+        `frame_offset`; `update_cache=True` keeps its keys/values for later chunks;
+        `recache=True`: x is the cache's last held frames, recomputed in place (a prompt switch).
         With `return_features`: also the hidden states (B, S, D) after those block indices.
         """
         # The boundary: whatever device and float type the caller holds (ComfyUI hands float32
@@ -145,7 +150,10 @@ class CausalWanTransformer(nn.Module):
                 mask = build(frames, tokens_per_frame, self.config.chunk_frames, frame_offset, x.device)
             self.routing.mask, self.routing.cache = mask, None
         else:
-            kv_cache.begin(frames, commit=update_cache)
+            if recache:
+                kv_cache.begin_rewrite(frames)
+            else:
+                kv_cache.begin(frames, commit=update_cache)
             self.routing.mask, self.routing.cache = None, kv_cache
 
         features = []

@@ -25,8 +25,15 @@ class Pipeline:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, text_encoder: str | Path | None = None,
              vae: str | Path | None = None, device="cpu", dtype: torch.dtype = torch.float32,
-             which: str = "student") -> Pipeline:
-        """Load and check a pipeline; `which` picks the built-in model ("student" or "teacher")."""
+             which: str = "student", family: str | None = None, lora: str | Path | None = None) -> Pipeline:
+        """Load and check a pipeline; `which` picks the built-in model ("student" or "teacher").
+
+        `family` names the checkpoint's release (None: recognised from the file) and `lora` a LoRA
+        merged into it at load (LongLive); both need `checkpoint`.
+        """
+        if (family or lora) and not checkpoint:
+            raise ValueError("family= and lora= describe a checkpoint file: pass checkpoint= too (the built-in "
+                             "default is its own family)")
         default = None
         if not (checkpoint and text_encoder and vae):
             from .toy.defaults import load_default_pipeline
@@ -36,7 +43,8 @@ class Pipeline:
         if checkpoint:
             from .checkpoint import load_model
 
-            model, label = load_model(checkpoint, device=device, dtype=dtype), Path(checkpoint).name
+            model = load_model(checkpoint, device=device, dtype=dtype, family=family, lora=lora)
+            label = Path(checkpoint).name + (f" + LoRA {Path(lora).name}" if lora else "")
         else:
             model, label = default.model, default.label
         encoder = load_text_encoder(text_encoder, device) if text_encoder else default.text_encoder

@@ -104,7 +104,8 @@ def check_request(config, *, frames: int, width: int, height: int, batch: int = 
                   context_noise: float = 0.0, cfg_scale: float = 1.0, prefix_frames: int = 0,
                   window_frames: int | None = None, sink_frames: int | None = None, chunk_frames: int | None = None,
                   device=None, dtype: torch.dtype | None = None, include_weights: bool = False,
-                  decoded_pixels: bool = False, held_bytes: int = 0, names: dict = CLI_NAMES) -> VideoRequest:
+                  decoded_pixels: bool = False, held_bytes: int = 0, recache_frames: int = 0,
+                  names: dict = CLI_NAMES) -> VideoRequest:
     """Check a request for `config` (a CausalWanConfig) and return its latent shape, or raise RequestError.
 
     frames/width/height: pixels when `names["pixels"]`, else latent frames and latent sizes.
@@ -117,6 +118,7 @@ def check_request(config, *, frames: int, width: int, height: int, batch: int = 
     decoded_pixels: the caller keeps the whole decoded video in memory (the CLI does).
     held_bytes: memory the caller already holds that the request will reuse (a KV cache kept
       for the next video), counted as available.
+    recache_frames: latent frames of the largest prompt-switch re-cache pass (one model pass).
     """
     chunk = config.chunk_frames if not chunk_frames else chunk_frames
     _check_number(frames, names["frames"], minimum=1)
@@ -140,7 +142,8 @@ def check_request(config, *, frames: int, width: int, height: int, batch: int = 
                                  latent_height=latent_height, latent_width=latent_width, prefix_frames=prefix_frames,
                                  window_frames=window_frames, sink_frames=sink_frames, chunk_frames=chunk,
                                  dtype=dtype or torch.float32, include_weights=include_weights,
-                                 decoded_pixels=decoded_pixels, available=_plus(device_memory(device), held_bytes))
+                                 decoded_pixels=decoded_pixels, recache_frames=recache_frames,
+                                 available=_plus(device_memory(device), held_bytes))
         if not memory.fits:
             raise RequestError(limits.memory_advice(memory, torch.device(device), frames, width, height,
                                                     latent_frames, batch, guided, window_frames, sink_frames,
@@ -267,19 +270,21 @@ def estimate_memory(config, *, batch: int, latent_frames: int, latent_height: in
                     guided: bool = False, prefix_frames: int = 0, window_frames: int | None = None,
                     sink_frames: int | None = None, chunk_frames: int | None = None,
                     dtype: torch.dtype = torch.float32, include_weights: bool = False, decoded_pixels: bool = False,
-                    available: int | None = None) -> MemoryEstimate:
+                    recache_frames: int = 0, available: int | None = None) -> MemoryEstimate:
     """Bytes a request needs: a floor, not a promise (allocator slack and a math-kernel attention
     fallback come on top).
 
     The parts are `asd_core.budget`'s (the figures `asd-inspect` reports): the KV cache for
-    the cached frames (the window when rolling) and one chunk's activations, for the batch
-    doubled under guidance, and the weights. Latents: the float32 video kept as chunks plus
-    their concatenation. Pixels: the decoded float32 video, its concatenation and the uint8 copy.
+    the cached frames (the window when rolling) and one pass's activations (a chunk, or a larger
+    prompt-switch re-cache pass), for the batch doubled under guidance, and the weights.
+    Latents: the float32 video as chunks plus their concatenation. Pixels: the decoded float32
+    video, its concatenation and the uint8 copy.
     """
     from .budget import chunk_activation_bytes, kv_cache_bytes
 
-    if chunk_frames and chunk_frames != config.chunk_frames:
-        config = dataclasses.replace(config, chunk_frames=chunk_frames)
+    pass_frames = max(chunk_frames or config.chunk_frames, recache_frames)
+    if pass_frames != config.chunk_frames:  # the largest single pass sets the activations
+        config = dataclasses.replace(config, chunk_frames=pass_frames)
     model_batch = batch * (2 if guided else 1)
     video = prefix_frames + latent_frames
     cached = window_frames if window_frames and window_frames < video else video

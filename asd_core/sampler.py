@@ -4,7 +4,8 @@ For each chunk of `chunk_frames` latent frames: start from noise; at each timest
 plan predict x0 and re-noise it to the next timestep with fresh noise; the last x0 is the
 chunk, yielded at once. Then one more pass on the clean chunk, labelled timestep 0 (or
 `context_noise`, with no noise added, as Self Forcing's inference pipeline does), writes its
-keys and values into the KV cache for the chunks after it.
+keys and values into the KV cache for the chunks after it. Prompt switches (with LongLive's
+KV re-cache) change the text from a chunk on: `asd_core.prompt_switch`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .prompt_switch import PromptSwitch, RecentFrames, check_prompt_switches, largest_recache
 from .request import API_NAMES, check_request, check_seed
 from .schedule import StepPlan, timestep_to_sigma
 from .start_image import START_FILL_TIMESTEP, check_start_latents
@@ -46,12 +48,13 @@ class SamplerProgress:
 def check_video_shape(model, *, num_frames: int, latent_height: int, latent_width: int, seeds: Sequence[int],
                       guided: bool = False, context_noise: float = 0.0, cfg_scale: float = 1.0,
                       prefix_frames: int = 0, max_cache_frames: int | None = None, sink_frames: int | None = None,
-                      chunk_frames: int | None = None, reusable_cache: KVCache | None = None) -> None:
+                      chunk_frames: int | None = None, reusable_cache: KVCache | None = None,
+                      recache_frames: int = 0) -> None:
     """Reject a request the chunking, RoPE, the cache window or the device's memory cannot take,
     before any model runs (the rules live in `asd_core.request`, shared with the CLI and nodes).
 
     `reusable_cache`: a cache this call may reuse; its bytes are already allocated, so they count
-    as available rather than needed twice.
+    as available rather than needed twice. `recache_frames`: the largest re-cache pass (prompt switches).
     """
     for seed in seeds:
         check_seed(seed, "seeds")
@@ -59,7 +62,8 @@ def check_video_shape(model, *, num_frames: int, latent_height: int, latent_widt
     check_request(model.config, frames=num_frames, width=latent_width, height=latent_height, batch=len(seeds),
                   guided=guided, context_noise=context_noise, cfg_scale=cfg_scale, prefix_frames=prefix_frames,
                   window_frames=max_cache_frames, sink_frames=sink_frames, chunk_frames=chunk_frames,
-                  device=model.device, dtype=model.dtype, held_bytes=held, names=API_NAMES)
+                  device=model.device, dtype=model.dtype, held_bytes=held, recache_frames=recache_frames,
+                  names=API_NAMES)
 
 
 def sample_video(
@@ -81,6 +85,8 @@ def sample_video(
     cache: KVCache | None = None,
     callback: Callable[[SamplerProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    prompt_switches: Sequence[PromptSwitch] = (),
+    recache: bool = True,
     start_latents: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the clean latents (B, C, chunk_frames, H, W) of each chunk, in order, float32 on the CPU.
@@ -97,6 +103,10 @@ def sample_video(
     max_cache_frames: None sizes the cache for the whole video; a number makes it a rolling
       window of that many frames keeping `sink_frames` (default: one chunk) for ever.
     cache: a KVCache to reuse between videos (`kv_cache_for_video` makes one); default: a new one.
+    prompt_switches: PromptSwitch(frame, context[, negative_context]) entries: from generated
+      latent frame `frame` (a chunk start, increasing) on, that text conditions the video.
+    recache: at each switch, first recompute the cached frames' keys and values under the new
+      prompt (LongLive's KV re-cache: one more model call per switch); False keeps the old cache.
     start_latents: (B or 1, C, F0, H, W) clean latents of a start image (F0 = 1) or video:
       yielded first as they are, then they fill the cache at timestep 0 (image-to-video as
       Causal Forcing does it; `asd_core.start_image`). `num_frames` counts the generated frames
@@ -116,11 +126,22 @@ def sample_video(
     # Start latents fill the cache as a prefix does, labelled timestep 0, and are also returned.
     seeding, seeding_timestep = (prefix, context_noise) if start is None else (start, START_FILL_TIMESTEP)
     prefix_frames = 0 if seeding is None else seeding.shape[2]
+    switches = check_prompt_switches(prompt_switches, num_frames=num_frames, chunk_frames=chunk_frames, batch=batch,
+                                     text_dim=config.text_dim, guided=guided)
+    capacity = _cache_geometry(model, prefix_frames + num_frames, max_cache_frames, sink_frames, chunk_frames)[0]
+    recache_frames = largest_recache(switches, prefix_frames=prefix_frames, cached_frames=capacity) if recache else 0
     check_video_shape(model, num_frames=num_frames, latent_height=latent_height, latent_width=latent_width,
                       seeds=seeds, guided=guided, context_noise=context_noise, cfg_scale=cfg_scale,
-                      prefix_frames=prefix_frames, max_cache_frames=max_cache_frames,
-                      sink_frames=sink_frames, chunk_frames=chunk_frames, reusable_cache=cache)
+                      prefix_frames=prefix_frames, max_cache_frames=max_cache_frames, sink_frames=sink_frames,
+                      chunk_frames=chunk_frames, reusable_cache=cache, recache_frames=recache_frames)
     contexts = _batch_contexts(context, negative_context if guided else None, batch)
+    # chunk index -> the conditioning it switches to (each switch's negative defaults to the call's)
+    switch_contexts = {
+        s.frame // chunk_frames: _batch_contexts(
+            s.context, (negative_context if s.negative_context is None else s.negative_context) if guided else None,
+            batch)
+        for s in switches
+    }
     if prefix is not None and (prefix.shape[0] != batch or prefix.shape[1] != config.in_channels
                                or prefix.shape[3:] != (latent_height, latent_width)):
         raise ValueError(
@@ -141,18 +162,22 @@ def sample_video(
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     num_chunks = num_frames // chunk_frames
     prefix_calls = -(-prefix_frames // chunk_frames)
-    total_calls = prefix_calls + plan.model_calls(num_chunks) - 1  # the last chunk needs no cache fill
+    # the last chunk needs no cache fill; a re-cache is one call per switch
+    total_calls = prefix_calls + plan.model_calls(num_chunks) - 1 + (len(switches) if recache else 0)
     calls = 0
+    recent = RecentFrames(cache.capacity_frames) if switches and recache else None
 
-    def predict(x: torch.Tensor, timestep: float, frame_offset: int, update_cache: bool, chunk: int) -> torch.Tensor:
+    def predict(x: torch.Tensor, timestep: float, frame_offset: int, update_cache: bool, chunk: int,
+                recache_pass: bool = False) -> torch.Tensor:
         """One transformer pass (two halves of one batch under CFG); returns x0 in float32."""
         nonlocal calls
         if should_cancel is not None and should_cancel():
             raise SamplingCancelled(f"cancelled after {calls} of {total_calls} model calls")
         model_in = torch.cat([x, x]) if guided else x
+        rewrite = {"recache": True} if recache_pass else {}  # the keyword only where a re-cache needs it
         with torch.no_grad():
             flow = model(model_in, timestep, contexts, frame_offset=frame_offset, kv_cache=cache,
-                         update_cache=update_cache).float()
+                         update_cache=update_cache, **rewrite).float()
         if guided:
             cond, uncond = flow.chunk(2)
             flow = uncond + cfg_scale * (cond - uncond)
@@ -167,10 +192,17 @@ def sample_video(
     for first in range(0, prefix_frames, chunk_frames):
         piece = seeding[:, :, first : first + chunk_frames].to(device, torch.float32)
         predict(piece, seeding_timestep, first, True, -1)
+        if recent is not None:  # a re-cache recomputes them too (at context_noise, as LongLive does every frame)
+            recent.add(piece)
 
     shape = (batch, config.in_channels, chunk_frames, latent_height, latent_width)
     for chunk in range(num_chunks):
         offset = prefix_frames + chunk * chunk_frames
+        if chunk in switch_contexts:
+            contexts = switch_contexts[chunk].to(device)
+            if recent is not None:  # LongLive's re-cache: the held frames' keys under the new prompt
+                count = cache.recache_frames()
+                predict(recent.last(count).to(device), context_noise, offset - count, False, chunk, recache_pass=True)
         timesteps = plan.timesteps_for_chunk(chunk)
         # Every draw of the chunk at once, in each generator's order (start noise, then one per
         # re-noise): one host-to-device copy per chunk instead of one per step.
@@ -189,6 +221,8 @@ def sample_video(
         yield finished  # before the cache fill: the caller has the chunk one model pass sooner
         if chunk + 1 < num_chunks:
             predict(x0, context_noise, offset, True, chunk)  # the clean chunk fills the cache
+            if recent is not None:
+                recent.add(finished)
 
 
 def generate_latents(model, **kwargs) -> torch.Tensor:

@@ -10,7 +10,8 @@ the generated frames.
 Step plans: the "first chunk" of an FFE plan (`1*`, `2*`, `first=...`) is the first GENERATED
 chunk, the one right after the start frames, as Causal Forcing++ applies its
 `denoising_step_list_first_chunk` (block 0 of the generated blocks, with or without a start
-image). With `chunk_frames=1` (frame-wise) that is the first generated frame.
+image). With `chunk_frames=1` (frame-wise) that is the first generated frame. (One-Forcing's
+code keys its first-frame list to video frame 0 instead, which a start image takes: a plain plan.)
 
 Where the start latents come from:
 * the built-in default (or any `vae.LatentCodec`): `encode_start_image(codec, image)`;

@@ -110,6 +110,33 @@ def resolve_model_file(name: str) -> Path:
     raise ValueError(f"checkpoint {name!r} not found; put it in one of: {where} (then press R to refresh the list)")
 
 
+LORA_FOLDER = "loras"  # ComfyUI's LoRA folder key
+
+
+def list_lora_files() -> list[str]:
+    """LoRA names for the loader's `lora_file` list: ComfyUI's models/loras (outside ComfyUI: ASD_MODELS_DIR)."""
+    folder_paths = _optional_module("folder_paths")
+    if folder_paths is not None:
+        return list(folder_paths.get_filename_list(LORA_FOLDER))
+    return [name for name in list_model_files() if "lora" in name.lower()]
+
+
+def resolve_lora_file(name: str) -> Path:
+    """Full path of a name from `list_lora_files`, or a ValueError saying where LoRA files go."""
+    folder_paths = _optional_module("folder_paths")
+    if folder_paths is not None:
+        path = folder_paths.get_full_path(LORA_FOLDER, name)
+        if path is not None:
+            return Path(path)
+        where = ", ".join(folder_paths.get_folder_paths(LORA_FOLDER))
+    else:
+        for folder in _fallback_dirs():
+            if (folder / name).is_file():
+                return folder / name
+        where = os.environ.get("ASD_MODELS_DIR") or "(ASD_MODELS_DIR is not set)"
+    raise ValueError(f"LoRA file {name!r} not found; put it in one of: {where} (then press R to refresh the list)")
+
+
 def download_dir() -> Path:
     """Where downloaded checkpoints are placed so the loader lists them."""
     folder_paths = _optional_module("folder_paths")

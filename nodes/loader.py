@@ -18,6 +18,12 @@ from . import host
 MODEL_TYPE = "ASD_MODEL"
 BUILTIN = "(built-in default)"
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # asd_core.devices.DTYPES, kept literal: no import at startup
+AUTO_FAMILY = "auto"
+NO_LORA = "(none)"
+FAMILY_TOOLTIP = (
+    "Which release the file is (its chunk size, step plan, cache window and sinks). auto = recognised from "
+    "the file (its packaging, then its name); name it when several releases share one packaging."
+)
 
 _default_pipelines: dict[torch.dtype, object] = {}  # one built-in default per dtype per process
 
@@ -35,7 +41,7 @@ class AsdModel:
     def describe(self) -> str:
         config = self.model.config
         params = sum(p.numel() for p in self.model.parameters())
-        plan = self.trained_plan or "not recorded in the file (Self Forcing / Wan checkpoints: use '4')"
+        plan = self.trained_plan or "not recorded in the file (plain Wan weights: pick a family, or use '4')"
         lines = [
             f"model: {self.label}",
             f"trained plan: {plan}",
@@ -45,6 +51,13 @@ class AsdModel:
         ]
         if self.model.checkpoint_layout:
             lines.append(f"file layout: {self.model.checkpoint_layout}")
+        family = getattr(self.model, "family", None)
+        if family is not None:
+            lines.append(f"family: {family.name} (by {self.model.family_basis}): {family.describe()}")
+            if family.sampler_note:
+                lines.append(f"note: {family.sampler_note}; this sampler uses the window and sinks above")
+        if getattr(self.model, "lora_file", None):
+            lines.append(f"LoRA merged: {Path(self.model.lora_file).name}")
         if self.pipeline is not None and not self.pipeline.trained:
             lines.append("WARNING: the built-in default weights are untrained (random); output is noise")
         return "\n".join(lines)
@@ -66,12 +79,13 @@ def default_pipeline(dtype: torch.dtype = torch.float32):
     return _default_pipelines[dtype]
 
 
-def load_asd_model(path: Path | str, dtype: torch.dtype, label: str | None = None) -> AsdModel:
-    """Read any supported checkpoint layout; unreadable files raise a ValueError naming the file."""
+def load_asd_model(path: Path | str, dtype: torch.dtype, label: str | None = None, *, family: str = AUTO_FAMILY,
+                   lora: Path | str | None = None) -> AsdModel:
+    """Read any supported checkpoint layout (+ a LoRA); unreadable files raise a ValueError naming the file."""
     from ..asd_core.checkpoint import load_model
 
     path = Path(path)
-    model = load_model(path, device=host.offload_device(), dtype=dtype)
+    model = load_model(path, device=host.offload_device(), dtype=dtype, family=family, lora=lora)
     return AsdModel(model=model, label=label or path.name)
 
 
@@ -111,16 +125,35 @@ class ASDModelLoader:
                                f"or {BUILTIN} (no download needed).",
                 }),
                 "dtype": (list(DTYPES), {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
-            }
+            },
+            "optional": {
+                "family": (list(family_names()), {"default": AUTO_FAMILY, "tooltip": FAMILY_TOOLTIP}),
+                "lora_file": ([NO_LORA, *host.list_lora_files()], {
+                    "default": NO_LORA,
+                    "tooltip": "A LoRA merged into the weights at load, for LoRA-on-base releases (LongLive: "
+                               "longlive_base.pt as the model file, lora.pt here). From models/loras.",
+                }),
+            },
         }
 
-    def load(self, model_file: str, dtype: str):
+    def load(self, model_file: str, dtype: str, family: str = AUTO_FAMILY, lora_file: str = NO_LORA):
         torch_dtype = resolve_dtype(dtype)
         if model_file == BUILTIN:
+            if family != AUTO_FAMILY or lora_file != NO_LORA:
+                raise ValueError(f"{BUILTIN} is its own family and takes no LoRA: set family to auto and lora_file "
+                                 f"to {NO_LORA}, or pick a checkpoint file")
             pipeline = default_pipeline(torch_dtype)
             return _result(AsdModel(model=pipeline.model, label=f"built-in default ({pipeline.label})", pipeline=pipeline))
         path = host.resolve_model_file(model_file)
-        return _result(load_asd_model(path, torch_dtype, label=model_file))
+        lora = None if lora_file in (NO_LORA, "") else host.resolve_lora_file(lora_file)
+        return _result(load_asd_model(path, torch_dtype, label=model_file, family=family, lora=lora))
+
+
+def family_names() -> tuple[str, ...]:
+    """`auto` first, then every family of asd_core.families (a light import: no torch model code)."""
+    from ..asd_core.families import NAMES
+
+    return NAMES
 
 
 class ASDHubDownloadLoader:

@@ -194,10 +194,39 @@ def test_loader_reads_a_self_forcing_pt_as_released(model_dir):
     torch.save({"generator": {f"model.{k}": v + 1 for k, v in wan.items()},
                 "generator_ema": {f"model.{k}": v for k, v in wan.items()}}, model_dir / "self_forcing_dmd.pt")
     (asd_model, info), _ = run("ASDModelLoader", model_file="self_forcing_dmd.pt", dtype="bfloat16")
-    assert "file layout: self_forcing" in info and "not recorded" in info
+    assert "file layout: self_forcing" in info and "trained plan: 4" in info
+    assert "family: self_forcing (by file name)" in info
     state = asd_model.model.state_dict()
     assert state["proj_out.weight"].dtype == torch.bfloat16
     assert torch.equal(state["proj_out.weight"], weights["proj_out.weight"].to(torch.bfloat16))  # EMA, not +1
+
+
+def test_loader_family_combo_and_lora_file(model_dir):
+    """`family` (auto first) picks a release's settings; `lora_file` merges LongLive's adapter at load."""
+    optional = MAPPINGS["ASDModelLoader"].INPUT_TYPES()["optional"]
+    assert optional["family"][0][0] == "auto" and "causal_forcing_framewise" in optional["family"][0]
+    config = core_config.tiny_config(num_attention_heads=1, attention_head_dim=128)
+    weights = tiny_weights(config, seed=4)
+    wan = core("layouts").diffusers_to_wan(weights)
+    torch.save({"generator": {f"model.{k}": v for k, v in wan.items()}}, model_dir / "longlive_base.pt")
+    width = weights["blocks.0.attn1.to_q.weight"].shape[0]
+    torch.save({"generator_lora": {"base_model.model.blocks.0.self_attn.q.lora_A.weight": torch.ones(2, width),
+                                   "base_model.model.blocks.0.self_attn.q.lora_B.weight": torch.ones(width, 2)}},
+               model_dir / "longlive_lora.pt")
+    assert "longlive_lora.pt" in MAPPINGS["ASDModelLoader"].INPUT_TYPES()["optional"]["lora_file"][0]
+    (asd_model, info), _ = run("ASDModelLoader", model_file="longlive_base.pt", dtype="float32", family="auto",
+                               lora_file="longlive_lora.pt")
+    assert "family: longlive (by LoRA)" in info and "LoRA merged: longlive_lora.pt" in info
+    merged = asd_model.model.state_dict()["blocks.0.attn1.to_q.weight"]
+    # LongLive's alpha is 256 whatever the rank: scale 256 / 2, and B @ A = 2 everywhere
+    assert torch.allclose(merged, weights["blocks.0.attn1.to_q.weight"] + 256.0)
+    (asd_model, info), _ = run("ASDModelLoader", model_file="longlive_base.pt", dtype="float32",
+                               family="one_forcing")
+    assert "family: one_forcing (by family=)" in info and asd_model.model.config.chunk_frames == 1
+    with pytest.raises(ValueError, match="released with a LoRA"):
+        run("ASDModelLoader", model_file="longlive_base.pt", dtype="float32")
+    with pytest.raises(ValueError, match="takes no LoRA"):
+        run("ASDModelLoader", model_file="(built-in default)", dtype="float32", lora_file="longlive_lora.pt")
 
 
 def test_loader_bad_files_say_what_is_wrong(model_dir):

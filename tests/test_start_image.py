@@ -168,3 +168,22 @@ def test_start_latents_from_a_comfyui_latent_are_normalised():
         start_latents_from_latent({"samples": raw[:, :, 0]})
     with pytest.raises(ValueError, match="LATENT"):
         start_latents_from_latent(raw)
+
+
+def test_the_ema_sink_sampler_counts_start_frames_in_the_video(model, context, monkeypatch):
+    """num_frames fits the window but start + num_frames does not: Reward Forcing's EMA-Sink cache
+    must be built (the start frames are cached like a prefix), not Self Forcing's rolling one."""
+    import asd_core.ema_sink as ema_sink
+
+    built = []
+    cache_class = ema_sink.EmaSinkCache
+
+    def recording(*args, **kwargs):
+        built.append(kwargs["capacity_frames"])
+        return cache_class(*args, **kwargs)
+
+    monkeypatch.setattr(ema_sink, "EmaSinkCache", recording)
+    video = torch.cat(list(ema_sink.sample_ema_sink_video(
+        model, window_frames=4, sink_frames=2, plan=parse_plan("1"), context=context, num_frames=4,
+        latent_height=H, latent_width=W, seeds=[1], start_latents=start(frames=2))), dim=2)
+    assert built == [4] and video.shape[2] == 6

@@ -273,7 +273,9 @@ def test_workflows_saved_before_the_loader_input_rename_still_load():
         "links": [[2, 1, 1, 2, 0, "STRING"]],
     }
     prompt = comfy_executor.ui_to_api(old_style, info)
-    assert prompt["1"]["inputs"] == {"model_file": "(built-in default)", "dtype": "auto"}
+    # widgets added since (the optional family and lora_file) take their defaults, as in ComfyUI
+    assert prompt["1"]["inputs"] == {"model_file": "(built-in default)", "dtype": "auto", "family": "auto",
+                                     "lora_file": "(none)"}
     results = comfy_executor.Executor(pack, CORE).run(prompt)
     assert "built-in default" in results["1"][1]
     old_api = {**prompt, "1": {"class_type": "ASDModelLoader", "inputs": {"ckpt_name": "(built-in default)",

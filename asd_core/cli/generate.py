@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Real Wan2.1: --checkpoint FILE --text-encoder UMT5_DIR --vae WAN_VAE (local paths; see the module "
                "docstring / README).",
     )
+    p.add_argument("--family", help="the checkpoint's release when its file cannot tell (asd_core/families.py "
+                   "names, e.g. causal_forcing_framewise); default: recognised from the file")
+    p.add_argument("--lora", help="a LoRA file merged into --checkpoint at load (LongLive: longlive_base.pt + lora.pt)")
     p.add_argument("--checkpoint", help="model file (ours, Self Forcing .pt, Wan/ComfyUI, diffusers); "
                                         "default: the built-in default model")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
@@ -161,7 +164,8 @@ def generate(args: argparse.Namespace) -> str:
 
     from ..pipeline import Pipeline
 
-    pipeline = Pipeline.load(args.checkpoint, text_encoder=args.text_encoder, vae=args.vae, device=device, dtype=dtype)
+    pipeline = Pipeline.load(args.checkpoint, text_encoder=args.text_encoder, vae=args.vae, device=device, dtype=dtype,
+                             family=args.family, lora=args.lora)
     model, text_encoder, codec, label = pipeline.model, pipeline.text_encoder, pipeline.codec, pipeline.label
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
 
@@ -260,7 +264,7 @@ def _model_header(args):
     from ..toy.defaults import default_pipeline_files, toy_model_config
 
     if args.checkpoint:
-        header = read_config(args.checkpoint)
+        header = read_config(args.checkpoint, family=args.family, lora=args.lora)
         return header.config, header.metadata, Path(args.checkpoint).name
     student = default_pipeline_files().get("student")
     if student is None:  # the untrained stand-in: the toy architecture, no metadata

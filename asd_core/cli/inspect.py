@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", help="a .safetensors, .pt or .pth checkpoint")
     parser.add_argument("--config", help="model config as JSON text or a .json file, for foreign files "
                         "whose config cannot be inferred (heads not 128 wide)")
-    parser.add_argument("--no-ema", action="store_true", help="Self Forcing files: read `generator`, not `generator_ema`")
+    parser.add_argument("--no-ema", action="store_true", help="training-dict files: read `generator`, not the "
+                        "entry the family's own inference reads (`generator_ema` for Self Forcing)")
+    parser.add_argument("--family", default="auto", help="the release the file is (asd_core/families.py names; "
+                        "default auto: recognised from the file)")
+    parser.add_argument("--lora", help="a LoRA file to merge (LongLive: the base generator is FILE)")
     parser.add_argument("--video", help="trained video size in latent frames FxHxW (e.g. 21x60x104), for the KV "
                         "cache figures when the size cannot be told from the config")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         video = _parse_video(args.video) if args.video else None
         config = _parse_config(args.config) if args.config else None
-        checkpoint = read_checkpoint(args.file, prefer_ema=not args.no_ema, config=config)
+        checkpoint = read_checkpoint(args.file, prefer_ema=False if args.no_ema else None, config=config,
+                                     family=args.family, lora=args.lora)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; missing files are OSError
         print(f"asd-inspect: error: {err}", file=sys.stderr)
         return 2
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         "layout": checkpoint.layout,
         "source": checkpoint.source,
         "entry": checkpoint.entry,
+        "family": None if checkpoint.family is None else {**checkpoint.family.settings(),
+                                                           "recognised_by": checkpoint.family_basis},
+        "lora": checkpoint.lora,
         "config": dataclasses.asdict(checkpoint.config),
         "plan": checkpoint.plan,
         "parameters": sum(t.numel() for t in tensors),
