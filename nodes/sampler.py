@@ -204,6 +204,12 @@ class ASDCausalSampler:
         optional = {}  # I2V and prompt-switch arguments only when used, so the sampler's defaults hold otherwise
         if prompt_schedule is not None:
             optional = prompt_switches(prompt_schedule, chunk, num_latent, net.config.text_dim)
+            if optional["recache"]:  # the largest re-cache pass is one model call over the cached frames
+                from ..asd_core.prompt_switch import largest_recache
+
+                request["recache_frames"] = largest_recache(
+                    optional["prompt_switches"], prefix_frames=cached_before,
+                    cached_frames=window_frames or cached_before + num_latent)
         if start_latents is not None:
             optional["start_latents"] = start_latents_from_latent({"samples": start_latents})
 
@@ -222,7 +228,7 @@ class ASDCausalSampler:
         working = estimate_memory(net.config, batch=batch_size, guided=request["guided"], latent_frames=num_latent,
                                   latent_height=latent_h, latent_width=latent_w, prefix_frames=cached_before,
                                   window_frames=window_frames or None, sink_frames=sinks, chunk_frames=chunk,
-                                  dtype=net.dtype)
+                                  recache_frames=request.get("recache_frames", 0), dtype=net.dtype)
         with on_compute_device(net, working.total):  # ComfyUI frees the weights' bytes plus cache and activations
             check_request(net.config, device=net.device, dtype=net.dtype, **request)  # before any model call
             chunks = list(sample_video(

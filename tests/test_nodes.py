@@ -871,3 +871,18 @@ def test_schedule_needs_a_conditioning_and_orders_them():
                          recache=False, conditioning_1=conditioning(seed=1), conditioning_2=conditioning(seed=2))
     assert [(e.name, e.start_frame) for e in schedule.entries] == [("conditioning_2", 21), ("conditioning_1", 45)]
     assert schedule.recache is False
+
+
+def test_sampler_follows_a_prompt_schedule_as_the_library_does(tiny):
+    args = sampler_args(tiny, frames=29)  # 8 latent frames, chunks of 2
+    later = conditioning(seed=11)
+    for recache in (True, False):
+        schedule = schedule_mod.PromptSchedule((schedule_mod.PromptScheduleEntry("conditioning_1", 13, later),),
+                                               recache)
+        (latent,), _ = run("ASDCausalSampler", **{**args, "prompt_schedule": schedule})  # pixel 13 = latent 4
+        switch = core_sampler.PromptSwitch(frame=4, context=core("text").conditioning_from_comfy(later))
+        expected = reference(tiny, args["plan"], [5], num_frames=8, prompt_switches=(switch,), recache=recache)
+        assert torch.equal(latent["samples"], expected), recache
+        plain = reference(tiny, args["plan"], [5], num_frames=8)
+        assert torch.equal(latent["samples"][:, :, :4], plain[:, :, :4])  # before the switch: the first prompt
+        assert not torch.equal(latent["samples"][:, :, 4:], plain[:, :, 4:])

@@ -391,3 +391,29 @@ def test_every_workflow_is_a_template_with_a_title_a_description_and_a_crisp_thu
             blocks = pixels[:384 - 384 % 2, :512].reshape(192, 2, 256, 2, 3)
             assert np.median(np.abs(blocks - blocks[:, :1, :, :1]).max(axis=(1, 3, 4))) <= 12, name
             assert (np.abs(pixels[:8] - np.array([24, 24, 28])).max(axis=2) > 8).any(), name  # no dark card border
+
+
+def test_prompt_switch_workflow_follows_the_switch_by_the_evaluators_colour_check():
+    prompt = convert("asd_prompt_switch.json")
+    (schedule,) = by_class(prompt, "ASDPromptSchedule")
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (decode,) = by_class(prompt, "ASDDecode")
+    switch_at = prompt[schedule]["inputs"]["start_frame_1"]
+    assert prompt[schedule]["inputs"]["recache"] is True and prompt[sampler]["inputs"]["prompt_schedule"] == [schedule, 0]
+    measures = sys.modules[f"{P}.asd_core.toy.measures"]
+
+    def colour_shown(prompt_to_run, colour, kind):
+        """Per frame: whether the evaluator finds a significant blob of that colour (its `colour` check)."""
+        results = comfy_executor.Executor(pack, CORE).run(prompt_to_run)
+        analysis = measures.analyse(uint8_frames(results[decode][0]), min_area=8)
+        return measures.frame_checks(analysis, [(colour, kind)])["colour"][:, 0]
+
+    red, blue = colour_shown(prompt, "red", "circle"), colour_shown(prompt, "blue", "square")
+    unswitched = json.loads(json.dumps(prompt))
+    del unswitched[sampler]["inputs"]["prompt_schedule"]
+    blue_unswitched = colour_shown(unswitched, "blue", "square")
+    assert len(red) == prompt[sampler]["inputs"]["frames"]
+    assert red[:switch_at].mean() >= 0.8 and blue[:switch_at].mean() <= 0.1  # "a red circle" before the switch
+    assert (blue[:switch_at] == blue_unswitched[:switch_at]).all()  # the chunks before the switch are the same
+    # "a blue square" from the switch on: blue shows in many more frames than without the switch.
+    assert blue[switch_at:].mean() >= blue_unswitched[switch_at:].mean() + 0.25
