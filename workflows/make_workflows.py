@@ -13,8 +13,9 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -415,7 +416,8 @@ I2V_NOTE = f"""## Image to video
 Copy **`workflows/{START_IMAGE}`** (a 64x64 frame of the built-in default's world) into
 **ComfyUI/input/**, or pick any 64x64 image in *Load Image*. *ASD Encode Start Image* encodes
 it with the built-in VAE; the sampler seeds its cache with it and the video begins with it:
-the saved video is the start frame plus `frames` new ones. For Wan checkpoints encode the
+the saved video is the start frame, then the latent frames `frames` asks for (33 -> 9 latent
+frames -> 36 frames after the start). For Wan checkpoints encode the
 image with core *VAEEncode* (Wan VAE) instead and set width/height to the image's size.
 """
 
