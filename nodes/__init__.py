@@ -4,7 +4,8 @@ from . import host
 from .loader import ASDHubDownloadLoader, ASDModelLoader
 from .plan import ASDStepScheduler
 from .sampler import ASDCausalSampler
-from .toy import ASDDecode, ASDEncodeVideoPrefix, ASDTextEncode
+from .schedule import ASDPromptSchedule
+from .toy import ASDDecode, ASDEncodeStartImage, ASDEncodeVideoPrefix, ASDTextEncode
 
 NODE_CLASS_MAPPINGS = {
     "ASDModelLoader": ASDModelLoader,
@@ -14,6 +15,8 @@ NODE_CLASS_MAPPINGS = {
     "ASDTextEncode": ASDTextEncode,
     "ASDDecode": ASDDecode,
     "ASDEncodeVideoPrefix": ASDEncodeVideoPrefix,
+    "ASDEncodeStartImage": ASDEncodeStartImage,
+    "ASDPromptSchedule": ASDPromptSchedule,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,6 +27,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ASDTextEncode": "ASD Text Encode (built-in)",
     "ASDDecode": "ASD Decode (built-in)",
     "ASDEncodeVideoPrefix": "ASD Encode Video Prefix (built-in)",
+    "ASDEncodeStartImage": "ASD Encode Start Image (built-in)",
+    "ASDPromptSchedule": "ASD Prompt Schedule",
 }
 
 host.register_model_folder()

@@ -18,6 +18,7 @@ from . import host
 from .loader import MODEL_TYPE, AsdModel
 from .plan import PLAN_TYPE
 from .preview import ChunkPreviewer
+from .schedule import SCHEDULE_TYPE, PromptSchedule, switch_latent_frames
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 # The frames widget's grid. ComfyUI's frontend snaps an INT widget to min + k*step (offset
@@ -73,7 +74,9 @@ class ASDCausalSampler:
     DESCRIPTION = (
         "Generates a video chunk by chunk with a causal (autoregressive) Wan model: each chunk is denoised "
         "with the plan's steps, then cached so later chunks attend to it. Outputs a standard Wan LATENT "
-        "(raw VAE space) that VAEDecode or ASD Decode turns into frames. A prefix latent continues a video."
+        "(raw VAE space) that VAEDecode or ASD Decode turns into frames. A prefix latent continues a video, "
+        "a start latent begins it with an image (I2V), a prompt schedule switches prompts mid-video, and a "
+        "rolling window with sink frames makes videos longer than the model was trained on."
     )
     CATEGORY = "ASD/sampling"
     FUNCTION = "sample"
@@ -140,13 +143,30 @@ class ASDCausalSampler:
                     "tooltip": "Put the prefix frames in front of the new ones in the output, so the decoded "
                                "video is the whole continued clip.",
                 }),
+                "start_latent": ("LATENT", {
+                    "tooltip": "Image to video: the latent of a start image (ASD Encode Start Image for the built-in "
+                               "default, VAEEncode with the Wan VAE for Wan files). It seeds the cache and is the "
+                               "video's first latent frame; `frames` counts the frames generated after it.",
+                }),
+                "prompt_schedule": (SCHEDULE_TYPE, {
+                    "tooltip": "Prompt switches from ASD Prompt Schedule: later prompts take over from their start "
+                               "frames (positive fills the video before the first).",
+                }),
+                # Widgets added after the existing ones, so workflows saved before keep their values in place.
+                "sink_frames": ("INT", {
+                    "default": -1, "min": -1, "max": 4096,
+                    "tooltip": "With a rolling window: latent frames at the start of the video kept in the cache "
+                               "for ever (attention sinks). -1 = one chunk (Self Forcing's); 0 = none.",
+                }),
             },
         }
 
     def sample(self, model: AsdModel, plan, positive, seed: int, frames: int, width: int, height: int,
                batch_size: int, chunk_frames: int, context_noise: float, window_frames: int, cfg: float,
-               negative=None, prefix=None, include_prefix: bool = True):
+               negative=None, prefix=None, include_prefix: bool = True, start_latent=None, prompt_schedule=None,
+               sink_frames: int = -1):
         from ..asd_core.sampler import sample_video
+        from ..asd_core.start_image import start_latents_from_latent
         from ..asd_core.vae import from_raw, to_raw
 
         if not isinstance(model, AsdModel):
@@ -157,13 +177,23 @@ class ASDCausalSampler:
         if not 1 <= batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {batch_size}")
         check_seed(seed, "seed")
+        if sink_frames < -1:
+            raise ValueError(f"sink_frames must be >= 0, or -1 for one chunk, got {sink_frames}")
+        if prefix is not None and start_latent is not None:
+            raise ValueError("connect either prefix (continue a video) or start_latent (begin with an image), not both")
+        if prompt_schedule is not None and not isinstance(prompt_schedule, PromptSchedule):
+            raise ValueError("prompt_schedule must come from the ASD Prompt Schedule node")
 
         chunk = chunk_frames or net.config.chunk_frames  # 1 = frame-wise; the cached path needs no mask
-        prefix_latents = None if prefix is None else self._prefix(prefix, batch_size, width, height, net)
-        prefix_frames = 0 if prefix_latents is None else prefix_latents.shape[2]
+        prefix_latents = None if prefix is None else video_latent(prefix, "prefix", batch_size, width, height, net)
+        start_latents = (None if start_latent is None
+                         else video_latent(start_latent, "start_latent", batch_size, width, height, net))
+        cached_before = sum(x.shape[2] for x in (prefix_latents, start_latents) if x is not None)
+        sinks = None if sink_frames == -1 else sink_frames
         request = dict(frames=frames, width=width, height=height, batch=batch_size,
                        guided=negative is not None and cfg != 1.0, context_noise=context_noise, cfg_scale=cfg,
-                       prefix_frames=prefix_frames, window_frames=window_frames, chunk_frames=chunk, names=NODE_NAMES)
+                       prefix_frames=cached_before, window_frames=window_frames, sink_frames=sinks, chunk_frames=chunk,
+                       names=NODE_NAMES)
         shape = check_request(net.config, **request)  # the shape rules; memory once ComfyUI has made room
         num_latent, latent_h, latent_w = shape.latent_frames, shape.latent_height, shape.latent_width
         context = conditioning_tensor(positive, net.config.text_dim, "positive")
@@ -171,6 +201,17 @@ class ASDCausalSampler:
         if negative is not None and cfg != 1.0:
             negative_context = conditioning_tensor(negative, net.config.text_dim, "negative")
         normalised_prefix = None if prefix_latents is None else from_raw(prefix_latents)
+        optional = {}  # I2V and prompt-switch arguments only when used, so the sampler's defaults hold otherwise
+        if prompt_schedule is not None:
+            optional = prompt_switches(prompt_schedule, chunk, num_latent, net.config.text_dim)
+            if optional["recache"]:  # the largest re-cache pass is one model call over the cached frames
+                from ..asd_core.prompt_switch import largest_recache
+
+                request["recache_frames"] = largest_recache(
+                    optional["prompt_switches"], prefix_frames=cached_before,
+                    cached_frames=window_frames or cached_before + num_latent)
+        if start_latents is not None:
+            optional["start_latents"] = start_latents_from_latent({"samples": start_latents})
 
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         progress = None
@@ -185,16 +226,17 @@ class ASDCausalSampler:
             progress.update(p.call, preview)
 
         working = estimate_memory(net.config, batch=batch_size, guided=request["guided"], latent_frames=num_latent,
-                                  latent_height=latent_h, latent_width=latent_w, prefix_frames=prefix_frames,
-                                  window_frames=window_frames or None, chunk_frames=chunk, dtype=net.dtype)
+                                  latent_height=latent_h, latent_width=latent_w, prefix_frames=cached_before,
+                                  window_frames=window_frames or None, sink_frames=sinks, chunk_frames=chunk,
+                                  recache_frames=request.get("recache_frames", 0), dtype=net.dtype)
         with on_compute_device(net, working.total):  # ComfyUI frees the weights' bytes plus cache and activations
             check_request(net.config, device=net.device, dtype=net.dtype, **request)  # before any model call
             chunks = list(sample_video(
                 net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
                 latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,
                 context_noise=context_noise, prefix=normalised_prefix, chunk_frames=chunk,
-                max_cache_frames=window_frames or None, callback=on_progress,
-                should_cancel=_cancel_requested,
+                max_cache_frames=window_frames or None, sink_frames=sinks, callback=on_progress,
+                should_cancel=_cancel_requested, **optional,
             ))
         latents = torch.cat(chunks, dim=2)  # (B, C, F, H, W), normalised
         samples = to_raw(latents)
@@ -202,27 +244,40 @@ class ASDCausalSampler:
             samples = torch.cat([prefix_latents.to(samples), samples], dim=2)
         return ({"samples": samples.to(torch.float32).cpu()},)
 
-    @staticmethod
-    def _prefix(prefix, batch_size: int, width: int, height: int, net) -> torch.Tensor:
-        """The prefix LATENT's raw samples, checked against the requested video."""
-        if not isinstance(prefix, dict) or "samples" not in prefix:
-            raise ValueError("prefix must be a LATENT ({'samples': tensor})")
-        samples = prefix["samples"]
-        if samples.ndim != 5:
-            raise ValueError(
-                f"prefix latent must be a video latent [B, 16, T, H/8, W/8], got shape {tuple(samples.shape)}; "
-                "encode the frames with VAEEncode (Wan VAE) or ASD Encode Video Prefix"
-            )
-        expected = (net.config.in_channels, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT)
-        got = (samples.shape[1], samples.shape[3], samples.shape[4])
-        if got != expected:
-            raise ValueError(
-                f"prefix latent has {got[0]} channels and {got[1] * 8}x{got[2] * 8} pixels (HxW) but the video is "
-                f"{height}x{width} with {expected[0]} channels: set width/height to the prefix video's size"
-            )
-        if samples.shape[0] not in (1, batch_size):
-            raise ValueError(f"prefix latent batch {samples.shape[0]} must be 1 or batch_size ({batch_size})")
-        return samples.float().expand(batch_size, -1, -1, -1, -1).contiguous()
+
+SOURCES = {"prefix": "prefix video", "start_latent": "start image"}
+
+
+def video_latent(latent, name: str, batch_size: int, width: int, height: int, net) -> torch.Tensor:
+    """A LATENT input's raw samples (prefix or start image), checked against the requested video."""
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError(f"{name} must be a LATENT ({{'samples': tensor}})")
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ValueError(
+            f"{name} latent must be a video latent [B, 16, T, H/8, W/8], got shape {tuple(samples.shape)}; "
+            "encode the frames with VAEEncode (Wan VAE) or the ASD Encode (built-in) nodes"
+        )
+    expected = (net.config.in_channels, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT)
+    got = (samples.shape[1], samples.shape[3], samples.shape[4])
+    if got != expected:
+        raise ValueError(
+            f"{name} latent has {got[0]} channels and {got[1] * 8}x{got[2] * 8} pixels (HxW) but the video is "
+            f"{height}x{width} with {expected[0]} channels: set width/height to the {SOURCES[name]}'s size"
+        )
+    if samples.shape[0] not in (1, batch_size):
+        raise ValueError(f"{name} latent batch {samples.shape[0]} must be 1 or batch_size ({batch_size})")
+    return samples.float().expand(batch_size, -1, -1, -1, -1).contiguous()
+
+
+def prompt_switches(schedule: PromptSchedule, chunk: int, latent_frames: int, text_dim: int) -> dict:
+    """`sample_video`'s prompt_switches and recache arguments for a schedule, on this run's chunk boundaries."""
+    from ..asd_core.sampler import PromptSwitch
+
+    frames = switch_latent_frames(schedule, chunk, latent_frames)
+    switches = tuple(PromptSwitch(frame=frame, context=conditioning_tensor(entry.conditioning, text_dim, entry.name))
+                     for frame, entry in zip(frames, schedule.entries))
+    return {"prompt_switches": switches, "recache": schedule.recache}
 
 
 def _cancel_requested() -> bool:

@@ -144,6 +144,32 @@ class ASDEncodeVideoPrefix:
         return ({"samples": samples},)
 
 
+class ASDEncodeStartImage:
+    DESCRIPTION = (
+        "Encodes a start image with the built-in default model's VAE into the start_latent the ASD Causal "
+        "Sampler begins the video with (image to video). For Wan checkpoints use VAEEncode with the Wan VAE."
+    )
+    CATEGORY = "ASD/built-in"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("start_latent",)
+    OUTPUT_TOOLTIPS = ("Start latent [1, 16, 1, H/8, W/8] (raw VAE space) for the sampler's start_latent input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {
+            "tooltip": "The video's first frame (Load Image), 64x64 for the built-in default; or 4k+1 frames "
+                       "that begin the video (a start video).",
+        })}}
+
+    def encode(self, image):
+        from ..asd_core.start_image import encode_start_image
+        from ..asd_core.vae import to_raw
+
+        latents = encode_start_image(default_pipeline().codec, image)  # one-line errors for bad images
+        return ({"samples": to_raw(latents).float().cpu()},)
+
+
 def _video_latent(latent, name: str) -> torch.Tensor:
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError(f"{name} must be a LATENT ({{'samples': tensor}})")

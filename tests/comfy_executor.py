@@ -32,6 +32,7 @@ FILE_COMBOS = {
     ("VAELoader", "vae_name"): (".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt"),
     ("UNETLoader", "unet_name"): (".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt", ".gguf"),
     ("LoadVideo", "file"): (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp"),
+    ("LoadImage", "image"): (".png", ".jpg", ".jpeg", ".webp"),
 }
 
 
@@ -214,12 +215,23 @@ class Executor:
                 check_widget(node_id, name, value, spec, node["class_type"])
         return sources
 
-    def run(self, prompt: dict) -> dict[str, tuple]:
-        """Validate, then execute our nodes whose inputs do not come from ComfyUI's own nodes."""
+    def run(self, prompt: dict, given: dict[str, tuple] | None = None) -> dict[str, tuple]:
+        """Validate, then execute our nodes whose inputs do not come from ComfyUI's own nodes.
+
+        `given`: outputs the caller supplies for core nodes (e.g. the IMAGE a LoadImage of a
+        known file gives), so the nodes after them run too; the core nodes still never run here.
+        """
         order = self.validate(prompt)
         results: dict[str, tuple] = {}
+        for node_id, outputs in (given or {}).items():
+            kind = prompt[node_id]["class_type"]
+            if kind in self.ours or len(outputs) != len(self.schemas[kind]["output"]):
+                raise PromptError(f"node {node_id}: given outputs must be a core node's, one per output of {kind}")
+            results[node_id] = tuple(outputs)
         for node_id in order:
             node = prompt[node_id]
+            if node_id in results:
+                continue
             cls = self.ours.get(node["class_type"])
             if cls is None:
                 continue  # a core node: schema-checked above, never imitated

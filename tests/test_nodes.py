@@ -775,3 +775,114 @@ def test_builtin_previews_are_decoded_true_colour_frames(builtin, fake_comfy):
     picture = previews[0][1].resize((64, 64), Image.NEAREST)  # undo the preview's 4x enlargement
     got = torch.from_numpy(np.array(picture)).float() / 255
     assert (got - expected.clamp(0, 1)).abs().max() < 1.5 / 255
+
+
+# --- image to video, prompt schedule -----------------------------------------------------------
+
+
+def test_sampler_begins_the_video_with_a_start_latent(tiny):
+    start = torch.randn(1, 16, 1, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
+    args = sampler_args(tiny, start_latent={"samples": start})
+    (latent,), _ = run("ASDCausalSampler", **args)
+    assert latent["samples"].shape[2] == 1 + 4  # the start frame, then the frames asked for
+    assert torch.allclose(latent["samples"][:, :, :1], start, atol=1e-5)  # raw -> normalised -> raw
+    expected = reference(tiny, args["plan"], [5], start_latents=core("vae").from_raw(start))
+    assert torch.equal(latent["samples"], expected)
+    assert not torch.equal(latent["samples"][:, :, 1:], reference(tiny, args["plan"], [5]))  # it conditions
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(start_latent={"samples": torch.zeros(1, 16, 1, 8, 8)}), r"set width/height to the start image's size"),
+    (dict(start_latent={"samples": torch.zeros(1, 16, 1, 4, 4)}, prefix={"samples": torch.zeros(1, 16, 1, 4, 4)}),
+     r"either prefix .* or start_latent .*, not both"),
+    (dict(start_latent=torch.zeros(1, 16, 1, 4, 4)), r"start_latent must be a LATENT"),
+    (dict(sink_frames=-2), r"sink_frames must be >= 0, or -1 for one chunk"),
+    (dict(window_frames=4, sink_frames=3), r"window_frames=4 is too small: the rolling cache keeps 3 sink frames"),
+    (dict(prompt_schedule="a red circle"), r"prompt_schedule must come from the ASD Prompt Schedule node"),
+])
+def test_sampler_rejects_bad_start_latents_sinks_and_schedules(tiny, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run("ASDCausalSampler", **sampler_args(tiny, **overrides))
+
+
+def test_sampler_sink_frames_reach_the_rolling_cache(tiny):
+    args = sampler_args(tiny, frames=29, window_frames=4)  # 8 latent frames, chunks of 2, a window of 4
+    for sinks, expected_sinks in [(-1, None), (0, 0), (2, 2)]:
+        (latent,), _ = run("ASDCausalSampler", **{**args, "sink_frames": sinks})
+        expected = reference(tiny, args["plan"], [5], num_frames=8, max_cache_frames=4, sink_frames=expected_sinks)
+        assert torch.equal(latent["samples"], expected), sinks
+    (no_sink,), _ = run("ASDCausalSampler", **{**args, "sink_frames": 0})
+    (one_chunk,), _ = run("ASDCausalSampler", **{**args, "sink_frames": -1})
+    assert not torch.equal(no_sink["samples"], one_chunk["samples"])
+
+
+def test_encode_start_image_is_the_library_encoder_in_raw_space(builtin):
+    asd_model, _ = builtin
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    (latent,), _ = run("ASDEncodeStartImage", image=image)
+    encoded = core("start_image").encode_start_image(asd_model.pipeline.codec, image)
+    assert latent["samples"].shape == (1, 16, 1, 8, 8)
+    assert torch.allclose(core("vae").from_raw(latent["samples"]), encoded, atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        run("ASDEncodeStartImage", image=torch.rand(1, 40, 64, 3))
+
+
+schedule_mod = sys.modules[f"{P}.nodes.schedule"]
+
+
+def schedule_of(*starts, recache=True):
+    conditionings = {f"conditioning_{i}": conditioning(seed=i) for i in range(1, len(starts) + 1)}
+    frames = {f"start_frame_{i}": s for i, s in enumerate(starts, start=1)}
+    frames.update({f"start_frame_{i}": 1 for i in range(len(starts) + 1, 5)})
+    (schedule,), _ = run("ASDPromptSchedule", recache=recache, **frames, **conditionings)
+    return schedule
+
+
+@pytest.mark.parametrize("starts, chunk, latent_frames, expected, warned", [
+    ((21,), 3, 12, [6], False),  # pixel 21 = latent 6 exactly: no warning
+    ((17,), 3, 12, [6], True),  # latent 5: nearest boundary 6
+    ((13,), 3, 12, [3], True),  # latent 4: nearest boundary 3
+    ((9, 33), 3, 12, [3, 9], False),  # latents 3 and 9
+    ((5, 9, 13), 1, 8, [2, 3, 4], False),  # frame-wise: every latent frame is a boundary
+])
+def test_schedule_starts_snap_to_the_nearest_chunk_boundary(starts, chunk, latent_frames, expected, warned, caplog):
+    schedule = schedule_of(*starts)
+    with caplog.at_level("WARNING"):
+        assert schedule_mod.switch_latent_frames(schedule, chunk, latent_frames) == expected
+    assert ("nearest chunk start" in caplog.text) == warned
+    for frame, boundary in zip(starts, expected):  # the pixel frame told is where that latent frame begins
+        assert not warned or f"pixel frame {4 * boundary - 3}, the nearest chunk start to {frame}" in caplog.text
+
+
+@pytest.mark.parametrize("starts, message", [
+    ((4,), r"inside the first chunk \(pixel frames 0..8\).*use a start frame >= 9"),
+    ((45,), r"video generates only 45 frames"),
+    ((21, 23), r"start frames must increase by at least a chunk \(12 pixel frames\)"),
+])
+def test_schedule_refuses_starts_it_cannot_place(starts, message):
+    with pytest.raises(ValueError, match=message):
+        schedule_mod.switch_latent_frames(schedule_of(*starts), 3, 12)
+
+
+def test_schedule_needs_a_conditioning_and_orders_them():
+    with pytest.raises(ValueError, match="no conditioning connected"):
+        run("ASDPromptSchedule", start_frame_1=21, start_frame_2=45, start_frame_3=69, start_frame_4=93, recache=True)
+    (schedule,), _ = run("ASDPromptSchedule", start_frame_1=45, start_frame_2=21, start_frame_3=69, start_frame_4=93,
+                         recache=False, conditioning_1=conditioning(seed=1), conditioning_2=conditioning(seed=2))
+    assert [(e.name, e.start_frame) for e in schedule.entries] == [("conditioning_2", 21), ("conditioning_1", 45)]
+    assert schedule.recache is False
+
+
+def test_sampler_follows_a_prompt_schedule_as_the_library_does(tiny):
+    args = sampler_args(tiny, frames=29)  # 8 latent frames, chunks of 2
+    later = conditioning(seed=11)
+    for recache in (True, False):
+        schedule = schedule_mod.PromptSchedule((schedule_mod.PromptScheduleEntry("conditioning_1", 13, later),),
+                                               recache)
+        (latent,), _ = run("ASDCausalSampler", **{**args, "prompt_schedule": schedule})  # pixel 13 = latent 4
+        switch = core_sampler.PromptSwitch(frame=4, context=core("text").conditioning_from_comfy(later))
+        expected = reference(tiny, args["plan"], [5], num_frames=8, prompt_switches=(switch,), recache=recache)
+        assert torch.equal(latent["samples"], expected), recache
+        plain = reference(tiny, args["plan"], [5], num_frames=8)
+        assert torch.equal(latent["samples"][:, :, :4], plain[:, :, :4])  # before the switch: the first prompt
+        assert not torch.equal(latent["samples"][:, :, 4:], plain[:, :, 4:])

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,6 +175,11 @@ def ui_nodes(workflow: dict, kind: str) -> list[dict]:
     return [n for n in workflow["nodes"] if n["type"] == kind]
 
 
+def body_notes(workflow: dict) -> list[dict]:
+    """The workflow's notes other than the title header every template has."""
+    return [n for n in ui_nodes(workflow, "MarkdownNote") if not n["widgets_values"][0].startswith("# ")]
+
+
 def seed_control(node: dict) -> str:
     """The control_after_generate word next to a sampler's seed (its widget slots: seed, control, ...)."""
     assert node["widgets_values"][1] in ("fixed", "increment", "decrement", "randomize")
@@ -181,7 +187,8 @@ def seed_control(node: dict) -> str:
 
 
 @pytest.mark.parametrize("name", ["asd_t2v_default_1star.json", "asd_wan2.1_1.3b_causal.json",
-                                  "asd_continue_video.json"])
+                                  "asd_continue_video.json", "asd_long_video.json", "asd_prompt_switch.json",
+                                  "asd_i2v.json"])
 def test_sample_workflows_draw_a_new_seed_after_every_run(name):
     workflow = ui(name)
     (sampler,) = ui_nodes(workflow, "ASDCausalSampler")
@@ -208,7 +215,7 @@ def test_compare_workflow_feeds_one_randomized_seed_to_all_three_samplers():
         i["link"] for s in samplers for i in s["inputs"] if i["name"] == "seed")
     prompt = convert("asd_compare_1star_2star_4.json")  # the primitive is UI-only: its value lands in each sampler
     assert {prompt[s]["inputs"]["seed"] for s in by_class(prompt, "ASDCausalSampler")} == {primitive["widgets_values"][0]}
-    (note,) = ui_nodes(workflow, "MarkdownNote")
+    (note,) = body_notes(workflow)
     assert "one seed" in note["widgets_values"][0].lower() and "on purpose" in note["widgets_values"][0]
 
 
@@ -241,7 +248,7 @@ def test_wan_workflow_saves_at_16_fps_and_its_note_says_where_each_file_goes():
     (video,) = by_class(prompt, "CreateVideo")
     assert prompt[video]["inputs"]["fps"] == 16.0
     workflow = ui("asd_wan2.1_1.3b_causal.json")
-    (note,) = ui_nodes(workflow, "MarkdownNote")
+    (note,) = body_notes(workflow)
     text = note["widgets_values"][0]
     for folder, name in [("models/asd_models/", "self_forcing_dmd.pt"),
                          ("models/text_encoders/", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
@@ -287,3 +294,126 @@ def test_requirements_txt_is_pyprojects_dependencies_without_torch():
     listed = [line.strip() for line in (repo / "requirements.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
     assert listed == [d for d in declared if not d.startswith("torch")]
+
+
+# --- long video, prompt switch, image to video, templates -------------------------------------
+
+
+def maker():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def uint8_frames(images: torch.Tensor):
+    """ComfyUI IMAGE [T, H, W, 3] in 0..1 -> the evaluator's uint8 frames."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def test_long_video_workflow_is_4x_the_trained_length_in_a_rolling_window_with_sinks():
+    prompt = convert("asd_long_video.json")
+    results = comfy_executor.Executor(pack, CORE).run(prompt)
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (decode,) = by_class(prompt, "ASDDecode")
+    (loader,) = by_class(prompt, "ASDModelLoader")
+    (text,) = by_class(prompt, "ASDTextEncode")
+    (plan,) = by_class(prompt, "ASDStepScheduler")
+    widgets = prompt[sampler]["inputs"]
+    model = results[loader][0].model
+    trained_latent_frames = 9  # the built-in default's clips: 33 frames
+    assert (widgets["window_frames"], widgets["sink_frames"]) == (trained_latent_frames, model.config.chunk_frames)
+    samples = results[sampler][0]["samples"]
+    assert samples.shape[2] == 4 * trained_latent_frames
+    # The node's output is the library's rolling-window sampler with that window and sink, nothing else.
+    context = sys.modules[f"{P}.asd_core.text"].conditioning_from_comfy(results[text][0])
+    expected = sys.modules[f"{P}.asd_core.sampler"].generate_latents(
+        model, plan=results[plan][0], context=context, num_frames=samples.shape[2], latent_height=8, latent_width=8,
+        seeds=[widgets["seed"]], max_cache_frames=trained_latent_frames, sink_frames=model.config.chunk_frames)
+    assert torch.equal(samples, sys.modules[f"{P}.asd_core.vae"].to_raw(expected))
+    whole_cache = sys.modules[f"{P}.asd_core.sampler"].generate_latents(
+        model, plan=results[plan][0], context=context, num_frames=samples.shape[2], latent_height=8, latent_width=8,
+        seeds=[widgets["seed"]])
+    assert not torch.equal(expected, whole_cache)  # the window really rolled
+    images = results[decode][0]
+    assert images.shape == (widgets["frames"], 64, 64, 3) == (141, 64, 64, 3)
+
+
+def test_i2v_workflow_begins_with_the_start_image_it_ships():
+    """LoadImage is core: the test gives it what ComfyUI loads from the file the workflow names."""
+    from PIL import Image
+
+    prompt = convert("asd_i2v.json")
+    (load,) = by_class(prompt, "LoadImage")
+    (start,) = by_class(prompt, "ASDEncodeStartImage")
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (decode,) = by_class(prompt, "ASDDecode")
+    assert prompt[start]["inputs"]["image"] == [load, 0] and prompt[sampler]["inputs"]["start_latent"] == [start, 0]
+    picture = np.array(Image.open(WORKFLOWS / prompt[load]["inputs"]["image"]).convert("RGB"))
+    image = torch.from_numpy(picture).float()[None] / 255
+    results = comfy_executor.Executor(pack, CORE).run(prompt, given={load: (image, torch.zeros(1, 64, 64))})
+    widgets = prompt[sampler]["inputs"]
+    assert results[sampler][0]["samples"].shape[2] == 1 + (widgets["frames"] - 1) // 4 + 1
+    assert torch.allclose(results[sampler][0]["samples"][:, :, :1], results[start][0]["samples"], atol=1e-5)
+    frames = uint8_frames(results[decode][0])
+    assert len(frames) == 1 + widgets["frames"] + 3  # the start latent decodes to 1 frame, each later one to 4
+    # The decoded first frame shows what the start image shows, by the evaluator's segmentation.
+    measures = sys.modules[f"{P}.asd_core.toy.measures"]
+    shown = measures.analyse(frames[:1], min_area=8)
+    expected = measures.analyse(picture[None], min_area=8)
+    assert (shown.count[0] > 0).tolist() == (expected.count[0] > 0).tolist()
+
+
+def test_every_workflow_is_a_template_with_a_title_a_description_and_a_crisp_thumbnail():
+    """The template browser lists each .json of workflows/ by its file name with the same-named .jpg;
+    the title and one-line description head the canvas and sit in extra.template (the fields of
+    the frontend's template index), and the README's table names each one."""
+    from PIL import Image
+
+    templates = maker().TEMPLATES
+    readme = (WORKFLOWS / "README.md").read_text()
+    for name, template in templates.items():
+        workflow = ui(name)
+        meta = workflow["extra"]["template"]
+        assert meta == {"name": name[:-5], "title": template.title, "description": template.description,
+                        "mediaType": "image", "mediaSubtype": "jpg"}
+        assert template.title and "\n" not in template.description and len(template.description) <= 120
+        header = min(ui_nodes(workflow, "MarkdownNote"), key=lambda n: n["pos"][1])
+        assert header["widgets_values"][0] == f"# {template.title}\n\n{template.description}"
+        assert f"`{name}`" in readme and template.title.replace("*", "\\*") in readme, name  # markdown-escaped
+        thumbnail = Image.open(WORKFLOWS / name.replace(".json", ".jpg"))
+        assert thumbnail.size == (512, 384), name
+        if name != "asd_wan2.1_1.3b_causal.json":  # a screenshot: the only one not made of frames
+            pixels = np.asarray(thumbnail.convert("RGB"), dtype=np.int16)
+            # Nearest-neighbour blocks: each 2x2 block of the enlarged frames is one colour (up to JPEG).
+            blocks = pixels[:384 - 384 % 2, :512].reshape(192, 2, 256, 2, 3)
+            assert np.median(np.abs(blocks - blocks[:, :1, :, :1]).max(axis=(1, 3, 4))) <= 12, name
+            assert (np.abs(pixels[:8] - np.array([24, 24, 28])).max(axis=2) > 8).any(), name  # no dark card border
+
+
+def test_prompt_switch_workflow_follows_the_switch_by_the_evaluators_colour_check():
+    prompt = convert("asd_prompt_switch.json")
+    (schedule,) = by_class(prompt, "ASDPromptSchedule")
+    (sampler,) = by_class(prompt, "ASDCausalSampler")
+    (decode,) = by_class(prompt, "ASDDecode")
+    switch_at = prompt[schedule]["inputs"]["start_frame_1"]
+    assert prompt[schedule]["inputs"]["recache"] is True and prompt[sampler]["inputs"]["prompt_schedule"] == [schedule, 0]
+    measures = sys.modules[f"{P}.asd_core.toy.measures"]
+
+    def colour_shown(prompt_to_run, colour, kind):
+        """Per frame: whether the evaluator finds a significant blob of that colour (its `colour` check)."""
+        results = comfy_executor.Executor(pack, CORE).run(prompt_to_run)
+        analysis = measures.analyse(uint8_frames(results[decode][0]), min_area=8)
+        return measures.frame_checks(analysis, [(colour, kind)])["colour"][:, 0]
+
+    red, blue = colour_shown(prompt, "red", "circle"), colour_shown(prompt, "blue", "square")
+    unswitched = json.loads(json.dumps(prompt))
+    del unswitched[sampler]["inputs"]["prompt_schedule"]
+    blue_unswitched = colour_shown(unswitched, "blue", "square")
+    assert len(red) == prompt[sampler]["inputs"]["frames"]
+    assert red[:switch_at].mean() >= 0.8 and blue[:switch_at].mean() <= 0.1  # "a red circle" before the switch
+    assert (blue[:switch_at] == blue_unswitched[:switch_at]).all()  # the chunks before the switch are the same
+    # "a blue square" from the switch on: blue shows in many more frames than without the switch.
+    assert blue[switch_at:].mean() >= blue_unswitched[switch_at:].mean() + 0.25

@@ -13,7 +13,9 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -163,7 +165,14 @@ class Graph:
         target["inputs"][target_slot]["link"] = link_id
 
     def workflow(self, name: str, models: list[dict] | None = None) -> dict:
-        """The file's contents; `models` (top-level, the workflow schema's field) lists files to download."""
+        """The file's contents; `models` (top-level, the workflow schema's field) lists files to download.
+
+        The template's title and description head the canvas (a note above the graph) and sit in
+        `extra.template` in the fields of the frontend's template index (name, title,
+        description, mediaType, mediaSubtype), one source for both: `TEMPLATES`.
+        """
+        template = TEMPLATES[name + ".json"]
+        self.note(f"# {template.title}\n\n{template.description}", column=0, row=-1, size=(740, 140))
         workflow = {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-asd/{name}")),
             "revision": 0,
@@ -173,7 +182,9 @@ class Graph:
             "links": self.links,
             "groups": [],
             "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 260]},
+                      "template": {"name": name, "title": template.title, "description": template.description,
+                                   "mediaType": "image", "mediaSubtype": "jpg"}},
             "version": 0.4,
         }
         if models:
@@ -209,7 +220,7 @@ def t2v_default(info: dict) -> dict:
     decode = g.add("ASDDecode", column=2, row=0)
     g.connect(sampler, "latent", decode, "latent")
     save_video(g, decode, "ASD/t2v_default_1star", column=3)
-    return g.workflow("t2v_default")
+    return g.workflow("asd_t2v_default_1star")
 
 
 COMPARE_NOTE = """## One seed, three plans
@@ -251,7 +262,7 @@ def compare_steps(info: dict) -> dict:
     g.connect(decoded[2], "images", right, "image2")
     save_video(g, right, "ASD/compare_1star_2star_4", column=5)
     g.note(COMPARE_NOTE, column=0, row=3, size=(340, 300))
-    return g.workflow("compare_steps")
+    return g.workflow("asd_compare_1star_2star_4")
 
 
 WAN_NOTE = f"""## Wan2.1-T2V-1.3B causal (Self Forcing / ASD weights)
@@ -294,7 +305,7 @@ def wan_causal(info: dict) -> dict:
     g.connect(vae, "VAE", decode, "vae")
     save_video(g, decode, "ASD/wan_causal", column=3, fps=WAN_FPS)
     g.note(WAN_NOTE, column=3, row=2, size=(460, 320))
-    return g.workflow("wan_causal", models=[UMT5, WAN_VAE])
+    return g.workflow("asd_wan2.1_1.3b_causal", models=[UMT5, WAN_VAE])
 
 
 CONTINUE_NOTE = """## Continue a video
@@ -326,15 +337,152 @@ def continue_video(info: dict) -> dict:
     g.connect(sampler, "latent", decode, "latent")
     save_video(g, decode, "ASD/continued", column=4)
     g.note(CONTINUE_NOTE, column=2, row=2)
-    return g.workflow("continue_video")
+    return g.workflow("asd_continue_video")
 
 
-WORKFLOWS = {
-    "asd_t2v_default_1star.json": t2v_default,
-    "asd_compare_1star_2star_4.json": compare_steps,
-    "asd_wan2.1_1.3b_causal.json": wan_causal,
-    "asd_continue_video.json": continue_video,
+LONG_FRAMES = 141  # 36 latent frames: 4x the 9 the built-in default was trained on
+LONG_WINDOW = 9  # latent frames in the rolling cache: the trained length
+LONG_SINKS = 3  # latent frames kept for ever: the first chunk
+
+LONG_NOTE = f"""## Longer than trained, at constant memory
+
+The built-in default was trained on 33 frames (9 latent frames). This makes {LONG_FRAMES} frames
+(36 latent frames, 4x) with a **rolling KV cache** of `window_frames` = {LONG_WINDOW} latent
+frames: the first `sink_frames` = {LONG_SINKS} (the first chunk, an attention sink) stay for ever,
+the oldest others are dropped as new chunks come, so memory stays that of the trained length
+however long the video. `sink_frames` 0 drops the sink (it drifts more); -1 is one chunk.
+"""
+
+
+def long_video(info: dict) -> dict:
+    g = Graph(info)
+    loader = g.add("ASDModelLoader", {"model_file": "(built-in default)", "dtype": "auto"}, column=0, row=0)
+    text = g.add("ASDTextEncode", {"text": PROMPT}, column=0, row=1)
+    plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=0, row=2)
+    sampler = g.add("ASDCausalSampler", sampler_widgets(frames=LONG_FRAMES, window_frames=LONG_WINDOW,
+                                                        sink_frames=LONG_SINKS), column=1, row=0, size=(340, 480))
+    g.connect(loader, "model", sampler, "model")
+    g.connect(plan, "plan", sampler, "plan")
+    g.connect(text, "conditioning", sampler, "positive")
+    decode = g.add("ASDDecode", column=2, row=0)
+    g.connect(sampler, "latent", decode, "latent")
+    save_video(g, decode, "ASD/long_video", column=3)
+    g.note(LONG_NOTE, column=2, row=2, size=(460, 280))
+    return g.workflow("asd_long_video")
+
+
+SWITCH_PROMPTS = ("a red circle", "a blue square")
+SWITCH_FRAMES = 45  # 12 latent frames = 4 chunks of 3: two before the switch, two after
+SWITCH_AT = 21  # pixel frame 21 = latent frame 6, where the third chunk begins
+
+SWITCH_NOTE = f"""## Switch the prompt mid-video
+
+*{SWITCH_PROMPTS[0]}* (the sampler's positive) fills frames 0-{SWITCH_AT - 1}; from frame {SWITCH_AT} the
+*ASD Prompt Schedule* switches to *{SWITCH_PROMPTS[1]}*. Up to four prompts, each from its
+`start_frame` (pixel frames of the generated video; a start between chunks snaps to the nearest
+chunk start, 1 + 12n for chunks of 3, with a warning in the console). `recache` on recomputes the
+KV cache of the frames already made under the new prompt (LongLive's re-cache); off keeps the old
+cache, so only new chunks see the new prompt.
+"""
+
+
+def prompt_switch(info: dict) -> dict:
+    g = Graph(info)
+    loader = g.add("ASDModelLoader", {"model_file": "(built-in default)", "dtype": "auto"}, column=0, row=0)
+    first = g.add("ASDTextEncode", {"text": SWITCH_PROMPTS[0]}, title="Prompt from frame 0", column=0, row=1)
+    second = g.add("ASDTextEncode", {"text": SWITCH_PROMPTS[1]}, title=f"Prompt from frame {SWITCH_AT}",
+                   column=0, row=2)
+    plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=0, row=3)
+    schedule = g.add("ASDPromptSchedule", {"start_frame_1": SWITCH_AT, "recache": True}, column=1, row=2,
+                     size=(340, 300))
+    g.connect(second, "conditioning", schedule, "conditioning_1")
+    sampler = g.add("ASDCausalSampler", sampler_widgets(frames=SWITCH_FRAMES), column=1, row=0, size=(340, 480))
+    g.connect(loader, "model", sampler, "model")
+    g.connect(plan, "plan", sampler, "plan")
+    g.connect(first, "conditioning", sampler, "positive")
+    g.connect(schedule, "schedule", sampler, "prompt_schedule")
+    decode = g.add("ASDDecode", column=2, row=0)
+    g.connect(sampler, "latent", decode, "latent")
+    save_video(g, decode, "ASD/prompt_switch", column=3)
+    g.note(SWITCH_NOTE, column=2, row=2, size=(460, 300))
+    return g.workflow("asd_prompt_switch")
+
+
+START_IMAGE = "asd_start_image.png"  # workflows/asd_start_image.png: copy it into ComfyUI/input/
+START_PROMPT = "a red circle and a blue square"
+
+I2V_NOTE = f"""## Image to video
+
+Copy **`workflows/{START_IMAGE}`** (a 64x64 frame of the built-in default's world) into
+**ComfyUI/input/**, or pick any 64x64 image in *Load Image*. *ASD Encode Start Image* encodes
+it with the built-in VAE; the sampler seeds its cache with it and the video begins with it:
+the saved video is the start frame, then the latent frames `frames` asks for (33 -> 9 latent
+frames -> 36 frames after the start). For Wan checkpoints encode the
+image with core *VAEEncode* (Wan VAE) instead and set width/height to the image's size.
+"""
+
+
+def image_to_video(info: dict) -> dict:
+    g = Graph(info)
+    image = g.add("LoadImage", {"image": START_IMAGE}, column=0, row=0, size=(320, 360))
+    start = g.add("ASDEncodeStartImage", column=1, row=0)
+    g.connect(image, "IMAGE", start, "image")
+    loader = g.add("ASDModelLoader", {"model_file": "(built-in default)", "dtype": "auto"}, column=1, row=1)
+    text = g.add("ASDTextEncode", {"text": START_PROMPT}, column=1, row=2)
+    plan = g.add("ASDStepScheduler", {"steps": 1, "first_chunk_steps": 4}, column=1, row=3)
+    sampler = g.add("ASDCausalSampler", sampler_widgets(), column=2, row=0, size=(340, 480))
+    g.connect(loader, "model", sampler, "model")
+    g.connect(plan, "plan", sampler, "plan")
+    g.connect(text, "conditioning", sampler, "positive")
+    g.connect(start, "start_latent", sampler, "start_latent")
+    decode = g.add("ASDDecode", column=3, row=0)
+    g.connect(sampler, "latent", decode, "latent")
+    save_video(g, decode, "ASD/i2v", column=4)
+    g.note(I2V_NOTE, column=2, row=2, size=(420, 280))
+    return g.workflow("asd_i2v")
+
+
+def start_image():
+    """The I2V workflow's start image: frame 0 of a fixed video of the built-in default's world."""
+    from asd_core.toy.domain import ShapeSpec, VideoSpec, render
+
+    spec = VideoSpec((ShapeSpec("red", "circle", 16.0, (18.0, 20.0), (1.0, 0.5)),
+                      ShapeSpec("blue", "square", 14.0, (44.0, 42.0), (-1.0, -0.5))))
+    return render(spec, frames=1, height=64, width=64)[0]
+
+
+class Template(NamedTuple):
+    title: str
+    description: str  # one line: what the template browser and the canvas header say
+    build: Callable[[dict], dict]
+
+
+TEMPLATES = {
+    "asd_t2v_default_1star.json": Template(
+        "ASD text to video (built-in, 1*)",
+        "Text to video with the built-in default at plan 1*: 33 frames of 64x64, seconds on a CPU.", t2v_default),
+    "asd_compare_1star_2star_4.json": Template(
+        "ASD plans compared: 1*, 2*, 4",
+        "One prompt and one seed under plans 1*, 2* and 4 side by side, from one checkpoint.", compare_steps),
+    "asd_wan2.1_1.3b_causal.json": Template(
+        "ASD Wan2.1 1.3B causal (Self Forcing / ASD)",
+        "A causal Wan2.1-T2V-1.3B checkpoint with ComfyUI's umt5 and Wan VAE: 81 frames of 832x480.", wan_causal),
+    "asd_continue_video.json": Template(
+        "ASD continue a video",
+        "The last frames of an input video fill the cache; the model generates what comes next.", continue_video),
+    "asd_long_video.json": Template(
+        "ASD long video (rolling window + sink)",
+        f"{LONG_FRAMES} frames, 4x the trained length, at constant memory: a rolling KV cache with an attention sink.",
+        long_video),
+    "asd_prompt_switch.json": Template(
+        "ASD prompt switch (KV re-cache)",
+        f"'{SWITCH_PROMPTS[0]}' then '{SWITCH_PROMPTS[1]}' from frame {SWITCH_AT}, the cache re-computed at the "
+        "switch.", prompt_switch),
+    "asd_i2v.json": Template(
+        "ASD image to video (built-in)",
+        "A start image begins the video: encoded with the built-in VAE, it seeds the cache.", image_to_video),
 }
+WORKFLOWS = {name: template.build for name, template in TEMPLATES.items()}
 
 
 def object_info() -> dict:
@@ -345,14 +493,25 @@ def object_info() -> dict:
     return {**core, **comfy_executor.pack_object_info(pack)}
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+
+
 def main() -> None:
+    import io
+
+    from PIL import Image
+
     info = object_info()
     for name, build in WORKFLOWS.items():
-        text = json.dumps(build(info), indent=2) + "\n"
-        with tempfile.NamedTemporaryFile("w", dir=HERE, suffix=".tmp", delete=False) as handle:
-            handle.write(text)
-        os.replace(handle.name, HERE / name)
+        write_atomically(HERE / name, (json.dumps(build(info), indent=2) + "\n").encode())
         print(f"wrote workflows/{name}")
+    png = io.BytesIO()
+    Image.fromarray(start_image()).save(png, format="PNG")
+    write_atomically(HERE / START_IMAGE, png.getvalue())
+    print(f"wrote workflows/{START_IMAGE}")
 
 
 if __name__ == "__main__":
