@@ -139,12 +139,13 @@ FAMILIES: tuple[Family, ...] = (
            download="SOTAMak1r/Infinite-Forcing",
            sampler_note="reference caches keys before RoPE and re-applies RoPE at cache positions"),
     # Aurora-edu/One-Forcing ca345b3: config.yaml (frame-wise, num_frame_per_block 1) and
-    # chunkwise_config.yaml (3), denoising_step_list [1000] warped, shift 5; scripts/infer.sh
-    # reads 'generator' unless --use_ema (default off).
-    Family("one_forcing", "One-Forcing (frame-wise, 1 step)", _DICT, 1, "1", entry="generator",
+    # chunkwise_config.yaml (3), shift 5; scripts/infer.sh sets denoising_step_list [1000] and
+    # first_frame_denoising_step_list [1000, 750, 500, 250], both warped (our "1*"), and reads
+    # 'generator' unless --use_ema (default off).
+    Family("one_forcing", "One-Forcing (frame-wise, 1 step)", _DICT, 1, "1*", entry="generator",
            hints=(("one_forcing",), ("oneforcing",)),
            download="JiaqiFeng/OneForcing checkpoints/one_forcing.pt"),
-    Family("one_forcing_chunkwise", "One-Forcing (chunk-wise, 1 step)", _DICT, 3, "1", entry="generator",
+    Family("one_forcing_chunkwise", "One-Forcing (chunk-wise, 1 step)", _DICT, 3, "1*", entry="generator",
            hints=(("one_forcing", "chunkwise"), ("oneforcing", "chunkwise"))),
     # ComfyUI's own causal Wan: comfyanonymous/ComfyUI comfy/ldm/wan/ar_model.py a41ffd2 (same
     # names as WanModel), comfy/ldm/wan/ar_convert.py 45fcc30 (reads Causal Forcing's
