@@ -78,11 +78,13 @@ FAMILIES: tuple[Family, ...] = (
     Family("self_forcing", "Self Forcing", _DICT, 3, "4", hints=(("self_forcing",),),
            download="gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt"),
     # tianweiy/CausVid ca21150: configs/wan_causal_dmd.yaml (steps 1000/757/522/0, the 0 dropped by
-    # causvid/models/wan/causal_inference.py, warp false, so sigma = t/1000), num_frame_per_block 3;
+    # causvid/models/wan/causal_inference.py, warp false; its scheduler takes sigma at the nearest
+    # of its shift-8 grid timesteps, asd_core.causvid), num_frame_per_block 3;
     # minimal_inference/autoregressive_inference.py reads model.pt['generator'].
     Family("causvid", "CausVid", _DICT, 3, "rest=1000,757,522;shift=1", entry="generator",
            hints=(("causvid",), ("autoregressive_checkpoint",)),
-           download="tianweiy/CausVid autoregressive_checkpoint/model.pt"),
+           download="tianweiy/CausVid autoregressive_checkpoint/model.pt",
+           sampler_note="reference takes sigma from its shift-8 timestep grid (0.75676 for 757)"),
     # thu-ml/Causal-Forcing 1fc7bbc: configs/causal_forcing_dmd_chunkwise.yaml / _framewise.yaml
     # (num_frame_per_block 3 / 1, steps 1000/750/500/250 warped, shift 5), _framewise_2step.yaml /
     # _framewise_1step.yaml (denoising_step_list 1000,500 / 1000 after a 4-step
