@@ -1,19 +1,18 @@
-"""Reward Forcing's EMA-Sink: a rolling KV cache whose sink absorbs the frames it evicts.
+"""Sinks that move with the window: Infinite Forcing's V-sink and Reward Forcing's EMA-Sink.
 
-Reward Forcing (JaydenLu666/Reward-Forcing) samples with Self Forcing's chunk loop and a
-rolling cache of `window_frames` (its 1.3B model: 9 latent frames, 3 of them sink). Two things
-differ from Self Forcing's rolling cache (`KVCache` with `rolling=True`):
-
-* EMA-Sink: when frames drop out of the window, the sink's keys and values become
-  alpha * sink + (1 - alpha) * evicted (alpha 0.999) instead of staying the first frames for
-  ever; when the evicted block is not the sink's size, its first frames replace the sink's.
-* RoPE re-indexing: the reference stores keys before RoPE and rotates the sink and the window at
-  positions 0, 1, ... on every pass, so the sink always sits just before the oldest kept frame
-  (positions never exceed the window, however long the video).
+Both sample with Self Forcing's chunk loop and a rolling KV cache whose first `sink_frames`
+stay (Infinite Forcing's release: a 6-frame window with 1 sink frame; Reward Forcing's: 9 with
+3). Both differ from Self Forcing's rolling cache (`KVCache` with `rolling=True`) by RoPE
+re-indexing: the references store keys before RoPE and rotate the sink and the window at
+positions 0, 1, ... on every pass, so the sink always sits just before the oldest kept frame
+(positions never exceed the window, however long the video). `RepositionedSinkCache` does that
+alone (Infinite Forcing). Reward Forcing adds EMA-Sink (`EmaSinkCache`): when frames drop out of
+the window, the sink's keys and values become alpha * sink + (1 - alpha) * evicted (alpha
+0.999); when the evicted block is not the sink's size, its first frames replace the sink's.
 
 Keys here arrive after RoPE at their absolute positions, as the model gives them; attention
 depends only on the difference of query and key positions, so moving the sink to sit just
-before the oldest kept frame (a time-axis rotation) is the reference's re-indexing. The sink is
+before the oldest kept frame (a time-axis rotation) is the references' re-indexing. The sink is
 held as if rotated at positions 0.. so that averaging keys of different frames is the
 reference's averaging of un-rotated keys (rotation is linear).
 """
@@ -21,6 +20,7 @@ reference's averaging of un-rotated keys (rotation is linear).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 
@@ -33,21 +33,38 @@ from .sampler import sample_video
 EMA_ALPHA = 0.999  # the reference's compression_alpha
 
 
-class EmaSinkCache(KVCache):
-    def __init__(self, *, frame_rope: FrameRope, alpha: float = EMA_ALPHA, **kv_cache_arguments):
+class RepositionedSinkCache(KVCache):
+    """A rolling cache whose sink sits just before the oldest kept frame (Infinite Forcing's V-sink)."""
+
+    def __init__(self, *, frame_rope: FrameRope, **kv_cache_arguments):
         super().__init__(rolling=True, **kv_cache_arguments)
         if self.sink_frames < 1:
-            raise ValueError("an EMA sink needs sink_frames >= 1")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"the EMA weight alpha must lie in [0, 1] (the reference's 0.999), got {alpha}")
+            raise ValueError("a moving sink needs sink_frames >= 1")
         self.frame_rope = frame_rope
-        self.alpha = alpha
         self._sink_rotation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def begin(self, num_frames: int, *, commit: bool) -> None:
-        super().begin(num_frames, commit=commit)  # may evict into the sink
+        super().begin(num_frames, commit=commit)  # may evict (and, in a subclass, fold into the sink)
         moved = self.evicted_frames  # the sink sits just before the oldest kept frame
         self._sink_rotation = time_shift(self.frame_rope, self.sink_frames, 0, moved) if moved else None
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(layer, keys, values)
+        if self._sink_rotation is None:
+            return keys, values  # nothing dropped yet: the sink is where it was generated
+        sink = self.sink_frames * self.tokens_per_frame
+        cos, sin = self._sink_rotation
+        return torch.cat([apply_rotary(keys[:, :sink], cos, sin), keys[:, sink:]], dim=1), values
+
+
+class EmaSinkCache(RepositionedSinkCache):
+    """The moving sink that also absorbs what the window evicts (Reward Forcing's EMA-Sink)."""
+
+    def __init__(self, *, frame_rope: FrameRope, alpha: float = EMA_ALPHA, **kv_cache_arguments):
+        super().__init__(frame_rope=frame_rope, **kv_cache_arguments)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"the EMA weight alpha must lie in [0, 1] (the reference's 0.999), got {alpha}")
+        self.alpha = alpha
 
     def _evict(self, num_frames: int) -> None:
         """Blend the frames about to drop into the sink, then roll as `KVCache` does."""
@@ -68,33 +85,38 @@ class EmaSinkCache(KVCache):
             self.values[:, :, sink_tokens] = self.values[:, :, evicted]
         super()._evict(num_frames)
 
-    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = super().update(layer, keys, values)
-        if self._sink_rotation is None:
-            return keys, values  # nothing dropped yet: the sink is where it was generated
-        sink = self.sink_frames * self.tokens_per_frame
-        cos, sin = self._sink_rotation
-        return torch.cat([apply_rotary(keys[:, :sink], cos, sin), keys[:, sink:]], dim=1), values
-
 
 def sample_ema_sink_video(model, *, window_frames: int, sink_frames: int, alpha: float = EMA_ALPHA,
-                          num_frames: int, latent_height: int, latent_width: int, seeds, prefix=None,
-                          negative_context=None, cfg_scale: float = 1.0, chunk_frames: int | None = None,
                           **sample_video_arguments) -> Iterator[torch.Tensor]:
     """`asd_core.sampler.sample_video` with Reward Forcing's EMA-Sink window (same arguments, and
-    `window_frames` / `sink_frames` / `alpha` for the cache). A video that fits the window never
-    evicts, so it is Self Forcing's full-cache sampling."""
-    start = sample_video_arguments.get("start_latents")  # start frames take cache room like a prefix
-    video_frames = num_frames + sum(0 if part is None else part.shape[2] for part in (prefix, start))
+    `window_frames` / `sink_frames` / `alpha` for the cache)."""
+    return _sample_with_moving_sink(model, partial(EmaSinkCache, alpha=alpha), window_frames=window_frames,
+                                    sink_frames=sink_frames, **sample_video_arguments)
+
+
+def sample_repositioned_sink_video(model, *, window_frames: int, sink_frames: int,
+                                   **sample_video_arguments) -> Iterator[torch.Tensor]:
+    """`asd_core.sampler.sample_video` with Infinite Forcing's V-sink window: the sink stays the
+    first frames, re-positioned just before the oldest kept frame."""
+    return _sample_with_moving_sink(model, RepositionedSinkCache, window_frames=window_frames,
+                                    sink_frames=sink_frames, **sample_video_arguments)
+
+
+def _sample_with_moving_sink(model, make_cache, *, window_frames: int, sink_frames: int, num_frames: int,
+                             latent_height: int, latent_width: int, seeds, negative_context=None,
+                             cfg_scale: float = 1.0, **sample_video_arguments) -> Iterator[torch.Tensor]:
+    """A video that fits the window never evicts, so it is Self Forcing's full-cache sampling."""
+    seeded = [sample_video_arguments.get(name) for name in ("prefix", "start_latents")]
+    video_frames = num_frames + sum(latents.shape[2] for latents in seeded if latents is not None)
     common = dict(num_frames=num_frames, latent_height=latent_height, latent_width=latent_width, seeds=seeds,
-                  prefix=prefix, negative_context=negative_context, cfg_scale=cfg_scale, chunk_frames=chunk_frames,
-                  max_cache_frames=window_frames, sink_frames=sink_frames, **sample_video_arguments)
+                  negative_context=negative_context, cfg_scale=cfg_scale, max_cache_frames=window_frames,
+                  sink_frames=sink_frames, **sample_video_arguments)
     if video_frames <= window_frames:
         return sample_video(model, **common)
     config = model.config
     guided = negative_context is not None and cfg_scale != 1.0
-    cache = EmaSinkCache(
-        frame_rope=frame_rope_of(model, latent_height, latent_width), alpha=alpha, num_layers=config.num_layers,
+    cache = make_cache(
+        frame_rope=frame_rope_of(model, latent_height, latent_width), num_layers=config.num_layers,
         batch_size=2 * len(seeds) if guided else len(seeds), capacity_frames=window_frames,
         tokens_per_frame=config.tokens_per_frame(latent_height, latent_width), num_heads=config.num_attention_heads,
         head_dim=config.attention_head_dim, dtype=model.dtype, device=model.device, sink_frames=sink_frames,

@@ -78,11 +78,13 @@ FAMILIES: tuple[Family, ...] = (
     Family("self_forcing", "Self Forcing", _DICT, 3, "4", hints=(("self_forcing",),),
            download="gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt"),
     # tianweiy/CausVid ca21150: configs/wan_causal_dmd.yaml (steps 1000/757/522/0, the 0 dropped by
-    # causvid/models/wan/causal_inference.py, warp false, so sigma = t/1000), num_frame_per_block 3;
+    # causvid/models/wan/causal_inference.py, warp false; its scheduler takes sigma at the nearest
+    # of its shift-8 grid timesteps, asd_core.causvid), num_frame_per_block 3;
     # minimal_inference/autoregressive_inference.py reads model.pt['generator'].
     Family("causvid", "CausVid", _DICT, 3, "rest=1000,757,522;shift=1", entry="generator",
            hints=(("causvid",), ("autoregressive_checkpoint",)),
-           download="tianweiy/CausVid autoregressive_checkpoint/model.pt"),
+           download="tianweiy/CausVid autoregressive_checkpoint/model.pt",
+           sampler_note="reference takes sigma from its shift-8 timestep grid (0.75676 for 757)"),
     # thu-ml/Causal-Forcing 1fc7bbc: configs/causal_forcing_dmd_chunkwise.yaml / _framewise.yaml
     # (num_frame_per_block 3 / 1, steps 1000/750/500/250 warped, shift 5), _framewise_2step.yaml /
     # _framewise_1step.yaml (denoising_step_list 1000,500 / 1000 after a 4-step
@@ -139,12 +141,13 @@ FAMILIES: tuple[Family, ...] = (
            download="SOTAMak1r/Infinite-Forcing",
            sampler_note="reference caches keys before RoPE and re-applies RoPE at cache positions"),
     # Aurora-edu/One-Forcing ca345b3: config.yaml (frame-wise, num_frame_per_block 1) and
-    # chunkwise_config.yaml (3), denoising_step_list [1000] warped, shift 5; scripts/infer.sh
-    # reads 'generator' unless --use_ema (default off).
-    Family("one_forcing", "One-Forcing (frame-wise, 1 step)", _DICT, 1, "1", entry="generator",
+    # chunkwise_config.yaml (3), shift 5; scripts/infer.sh sets denoising_step_list [1000] and
+    # first_frame_denoising_step_list [1000, 750, 500, 250], both warped (our "1*"), and reads
+    # 'generator' unless --use_ema (default off).
+    Family("one_forcing", "One-Forcing (frame-wise, 1 step)", _DICT, 1, "1*", entry="generator",
            hints=(("one_forcing",), ("oneforcing",)),
            download="JiaqiFeng/OneForcing checkpoints/one_forcing.pt"),
-    Family("one_forcing_chunkwise", "One-Forcing (chunk-wise, 1 step)", _DICT, 3, "1", entry="generator",
+    Family("one_forcing_chunkwise", "One-Forcing (chunk-wise, 1 step)", _DICT, 3, "1*", entry="generator",
            hints=(("one_forcing", "chunkwise"), ("oneforcing", "chunkwise"))),
     # ComfyUI's own causal Wan: comfyanonymous/ComfyUI comfy/ldm/wan/ar_model.py a41ffd2 (same
     # names as WanModel), comfy/ldm/wan/ar_convert.py 45fcc30 (reads Causal Forcing's

@@ -96,6 +96,8 @@ def test_trained_settings_as_the_references_configure_them():
         assert [round(t, 1) for t in plan.rest] == list(rest), name
         assert (family.sink_frames, family.max_cache_frames) == window, name
     assert parse_plan(BY_NAME["causal_forcing_framewise_2step"].plan).first == parse_plan("4").first  # FFE
+    for name in ("one_forcing", "one_forcing_chunkwise"):  # scripts/infer.sh: a 4-step first block
+        assert parse_plan(BY_NAME[name].plan).first == parse_plan("4").first, name
 
 
 def test_shared_packaging_falls_back_and_family_names_it(tmp_path, weights):

@@ -35,24 +35,34 @@ CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE
 CHUNK_FRAMES = 3
 
 
-@pytest.fixture(scope="module")
-def recorded():
-    tensors = load_file(str(RECORDED))
-    with safe_open(str(RECORDED), framework="pt") as f:
+def recorded_file(name: str):
+    """(tensors, metadata) of a recording under tests/data/reference."""
+    path = DATA / name
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     return tensors, metadata
 
 
 @pytest.fixture(scope="module")
+def recorded():
+    return recorded_file(RECORDED.name)
+
+
+@pytest.fixture(scope="module")
 def model(recorded):
-    _, metadata = recorded
+    return tiny_reference_model(recorded[1])
+
+
+def tiny_reference_model(metadata, chunk_frames: int = CHUNK_FRAMES):
+    """Our model on self_forcing_weights.safetensors, at the recording's tiny reference config."""
     ref = json.loads(metadata["reference.model_config"])
     config = CausalWanConfig(
         num_layers=ref["num_layers"], num_attention_heads=ref["num_heads"],
         attention_head_dim=ref["dim"] // ref["num_heads"], ffn_dim=ref["ffn_dim"], in_channels=ref["in_dim"],
         out_channels=ref["out_dim"], text_dim=ref["text_dim"], freq_dim=ref["freq_dim"],
         patch_size=tuple(ref["patch_size"]), cross_attn_norm=ref["cross_attn_norm"], eps=ref["eps"],
-        chunk_frames=CHUNK_FRAMES, text_len=ref["text_len"],
+        chunk_frames=chunk_frames, text_len=ref["text_len"],
     )
     return load_model(WEIGHTS, config=config)
 

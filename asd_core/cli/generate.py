@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..devices import DTYPES, resolve_device, resolve_dtype
 from ..request import CLI_NAMES, check_request, check_seed
+from ..samplers import NAMES as SAMPLER_NAMES
 from ..schedule import StepPlan, parse_plan
 from ..toy.defaults import TOY
 from ..toy.domain import CAPTION_VOCAB
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--plan", help="step plan: 4, 2, 1, 1*, 2*, first=...;rest=... "
                                      "(default: the checkpoint's trained plan, else 1*)")
     plan.add_argument("--steps", type=int, help="N steps for every chunk (shorthand for --plan N)")
+    p.add_argument("--sampler", default="auto", choices=SAMPLER_NAMES,
+                   help="sampling algorithm (asd_core/samplers.py); default auto: the one the checkpoint's family "
+                        "was released with, with its cache window")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, help="pixel frames: 4k+1 that make whole chunks "
                                               f"(default {TOY.pixel_frames}; {WAN_SIZES['frames']} for real Wan)")
@@ -117,7 +121,8 @@ def one_line(error: BaseException) -> str:
 def generate(args: argparse.Namespace) -> str:
     """Check the whole request, load, sample, decode chunk by chunk, write; returns the summary line."""
     from ..checkpoint import check_checkpoint_path, recorded_guidance
-    from ..sampler import NonFiniteOutput, sample_video
+    from ..sampler import NonFiniteOutput
+    from ..samplers import resolve_sampler, sample_with
     from ..vae import pixels_to_video
     from ..video_io import write_video
 
@@ -168,6 +173,10 @@ def generate(args: argparse.Namespace) -> str:
                              family=args.family, lora=args.lora)
     model, text_encoder, codec, label = pipeline.model, pipeline.text_encoder, pipeline.codec, pipeline.label
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
+    family = getattr(model, "family", None)
+    sampler = resolve_sampler(args.sampler, family)
+    window = {} if family is None else dict(max_cache_frames=family.max_cache_frames,
+                                            sink_frames=family.sink_frames or None)
 
     unknown = text_encoder.unknown_words(args.prompt) if hasattr(text_encoder, "unknown_words") else []
     if unknown:  # the built-in encoder maps them to <unk>: the video will not show them
@@ -190,10 +199,11 @@ def generate(args: argparse.Namespace) -> str:
 
     try:
         with codec.decode_stream() as stream:
-            for chunk in sample_video(
-                    model, plan=plan, context=context, num_frames=shape.latent_frames,
+            for chunk in sample_with(
+                    sampler, model, plan=plan, context=context, num_frames=shape.latent_frames,
                     latent_height=shape.latent_height, latent_width=shape.latent_width, seeds=[args.seed],
-                    negative_context=negative, cfg_scale=cfg, context_noise=args.context_noise, callback=tick):
+                    negative_context=negative, cfg_scale=cfg, context_noise=args.context_noise, callback=tick,
+                    **window):
                 pieces.append(stream.push(chunk).cpu())  # decoded as soon as the chunk is done
     except NonFiniteOutput as err:  # the sampler checks every chunk; say it in the CLI's words
         raise _non_finite(f"chunk {err.chunk + 1} of {err.num_chunks}", cfg) from None
@@ -206,7 +216,8 @@ def generate(args: argparse.Namespace) -> str:
     write_video(out, video, fps=fps)
     seconds = time.perf_counter() - start
     guidance = f", cfg {cfg:g}" if cfg != 1.0 else ""
-    return (f"wrote {out}: {video.shape[0]} frames {width}x{height}, plan {describe_plan(plan)}{guidance}, "
+    algorithm = f", sampler {sampler}" if sampler != "self_forcing" else ""
+    return (f"wrote {out}: {video.shape[0]} frames {width}x{height}, plan {describe_plan(plan)}{guidance}{algorithm}, "
             f"{seconds:.1f} s [{label}]")
 
 
