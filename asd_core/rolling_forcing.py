@@ -30,7 +30,7 @@ from .sampler import (
     NonFiniteOutput,
     SamplerProgress,
     SamplingCancelled,
-    _batch_contexts,  # the same conditioning batch as Self Forcing's loop
+    batch_contexts,  # the same conditioning batch as Self Forcing's loop
     check_video_shape,
     draw_noise,
 )
@@ -74,7 +74,7 @@ def sample_rolling_video(
                       seeds=seeds, guided=guided, context_noise=context_noise, cfg_scale=cfg_scale,
                       max_cache_frames=chunk_frames + attention_frames, sink_frames=chunk_frames,
                       chunk_frames=chunk_frames)
-    contexts = _batch_contexts(context, negative_context if guided else None, batch).to(model.device)
+    contexts = batch_contexts(context, negative_context if guided else None, batch).to(model.device)
     cache = rolling_cache_for_video(model, batch=2 * batch if guided else batch, latent_height=latent_height,
                                     latent_width=latent_width, chunk_frames=chunk_frames,
                                     attention_frames=attention_frames)

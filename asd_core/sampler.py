@@ -134,10 +134,10 @@ def sample_video(
                       seeds=seeds, guided=guided, context_noise=context_noise, cfg_scale=cfg_scale,
                       prefix_frames=prefix_frames, max_cache_frames=max_cache_frames, sink_frames=sink_frames,
                       chunk_frames=chunk_frames, reusable_cache=cache, recache_frames=recache_frames)
-    contexts = _batch_contexts(context, negative_context if guided else None, batch)
+    contexts = batch_contexts(context, negative_context if guided else None, batch)
     # chunk index -> the conditioning it switches to (each switch's negative defaults to the call's)
     switch_contexts = {
-        s.frame // chunk_frames: _batch_contexts(
+        s.frame // chunk_frames: batch_contexts(
             s.context, (negative_context if s.negative_context is None else s.negative_context) if guided else None,
             batch)
         for s in switches
@@ -245,7 +245,7 @@ def renoise(x0: torch.Tensor, timestep: float, generators: list[torch.Generator]
     return (1 - sigma) * x0 + sigma * draw_noise(tuple(x0.shape), generators)
 
 
-def _batch_contexts(context: torch.Tensor, negative: torch.Tensor | None, batch: int) -> torch.Tensor:
+def batch_contexts(context: torch.Tensor, negative: torch.Tensor | None, batch: int) -> torch.Tensor:
     """(B, L, D) conditioning, with the unconditional half appended under CFG (padded to one length)."""
     parts = [context] if negative is None else [context, negative]
     for part in parts:
