@@ -54,6 +54,17 @@ def sampler_for(family: Family | None) -> str:
     return FAMILY_SAMPLERS.get(family.name, "self_forcing") if family is not None else "self_forcing"
 
 
+def family_window(family: Family | None) -> dict:
+    """`sample_with`'s cache arguments as the family's release samples: its window and sinks.
+
+    A family with no sinks of its own (sink_frames 0) keeps one chunk, Self Forcing's rule;
+    no family (plain Wan weights) means a whole-video cache.
+    """
+    if family is None:
+        return {"max_cache_frames": None, "sink_frames": None}
+    return {"max_cache_frames": family.max_cache_frames, "sink_frames": family.sink_frames or None}
+
+
 def resolve_sampler(name: str | None, family: Family | None) -> str:
     """`auto` (or None) -> the family's sampler; any other name checked against SAMPLERS."""
     if name in (None, "", AUTO):

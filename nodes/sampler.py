@@ -14,10 +14,13 @@ import torch
 from ..asd_core.request import NODE_NAMES, check_request, check_seed, estimate_memory
 from ..asd_core.request import SPATIAL_FACTOR as PIXELS_PER_LATENT  # the VAE factors, not redefined here
 from ..asd_core.request import TEMPORAL_FACTOR as FRAMES_PER_LATENT
+from ..asd_core.samplers import AUTO as AUTO_SAMPLER
+from ..asd_core.samplers import NAMES as SAMPLER_NAMES
 from . import host
 from .loader import MODEL_TYPE, AsdModel
 from .plan import PLAN_TYPE
 from .preview import ChunkPreviewer
+from .sampler_choice import FAMILY_SINKS, FAMILY_WINDOW, choose
 from .schedule import SCHEDULE_TYPE, PromptSchedule, switch_latent_frames
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -76,7 +79,8 @@ class ASDCausalSampler:
         "with the plan's steps, then cached so later chunks attend to it. Outputs a standard Wan LATENT "
         "(raw VAE space) that VAEDecode or ASD Decode turns into frames. A prefix latent continues a video, "
         "a start latent begins it with an image (I2V), a prompt schedule switches prompts mid-video, and a "
-        "rolling window with sink frames makes videos longer than the model was trained on."
+        "rolling window with sink frames makes videos longer than the model was trained on. The sampler, window and "
+        "sinks default to those the checkpoint's family was released with."
     )
     CATEGORY = "ASD/sampling"
     FUNCTION = "sample"
@@ -121,9 +125,11 @@ class ASDCausalSampler:
                                "the chunk itself stays clean, as in Self Forcing's inference (0 = its default).",
                 }),
                 "window_frames": ("INT", {
-                    "default": 0, "min": 0, "max": 4096,
-                    "tooltip": "Rolling KV-cache window in latent frames for videos longer than training "
-                               "(keeps the first chunk, drops the oldest others). 0 = cache the whole video.",
+                    "default": FAMILY_WINDOW, "min": FAMILY_WINDOW, "max": 4096,
+                    "tooltip": "Rolling KV-cache window in latent frames, sinks included, for videos longer than "
+                               "training (keeps the sinks, drops the oldest others). -1 = the checkpoint family's "
+                               "own (LongLive 12, Reward Forcing 9; the built-in default: whole video); "
+                               "0 = cache the whole video.",
                 }),
                 "cfg": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
@@ -154,9 +160,16 @@ class ASDCausalSampler:
                 }),
                 # Widgets added after the existing ones, so workflows saved before keep their values in place.
                 "sink_frames": ("INT", {
-                    "default": -1, "min": -1, "max": 4096,
+                    "default": FAMILY_SINKS, "min": FAMILY_SINKS, "max": 4096,
                     "tooltip": "With a rolling window: latent frames at the start of the video kept in the cache "
-                               "for ever (attention sinks). -1 = one chunk (Self Forcing's); 0 = none.",
+                               "for ever (attention sinks). -2 = the checkpoint family's own (one chunk unless it "
+                               "defines others); -1 = one chunk (Self Forcing's); 0 = none.",
+                }),
+                "sampler": (list(SAMPLER_NAMES), {
+                    "default": AUTO_SAMPLER,
+                    "tooltip": "Sampling algorithm. auto = the one the checkpoint's family was released with: "
+                               "Self Forcing's chunk loop for most, CausVid's grid sigmas, Rolling Forcing's "
+                               "staggered window, Infinite Forcing's V-sink, Reward Forcing's EMA sink.",
                 }),
             },
         }
@@ -164,8 +177,8 @@ class ASDCausalSampler:
     def sample(self, model: AsdModel, plan, positive, seed: int, frames: int, width: int, height: int,
                batch_size: int, chunk_frames: int, context_noise: float, window_frames: int, cfg: float,
                negative=None, prefix=None, include_prefix: bool = True, start_latent=None, prompt_schedule=None,
-               sink_frames: int = -1):
-        from ..asd_core.sampler import sample_video
+               sink_frames: int = FAMILY_SINKS, sampler: str = AUTO_SAMPLER):
+        from ..asd_core.samplers import sample_with
         from ..asd_core.start_image import start_latents_from_latent
         from ..asd_core.vae import from_raw, to_raw
 
@@ -177,8 +190,7 @@ class ASDCausalSampler:
         if not 1 <= batch_size <= 64:
             raise ValueError(f"batch_size must be in [1, 64], got {batch_size}")
         check_seed(seed, "seed")
-        if sink_frames < -1:
-            raise ValueError(f"sink_frames must be >= 0, or -1 for one chunk, got {sink_frames}")
+        choice = choose(sampler, window_frames, sink_frames, getattr(net, "family", None))
         if prefix is not None and start_latent is not None:
             raise ValueError("connect either prefix (continue a video) or start_latent (begin with an image), not both")
         if prompt_schedule is not None and not isinstance(prompt_schedule, PromptSchedule):
@@ -189,10 +201,10 @@ class ASDCausalSampler:
         start_latents = (None if start_latent is None
                          else video_latent(start_latent, "start_latent", batch_size, width, height, net))
         cached_before = sum(x.shape[2] for x in (prefix_latents, start_latents) if x is not None)
-        sinks = None if sink_frames == -1 else sink_frames
+        window, sinks = choice.memory_window(chunk)
         request = dict(frames=frames, width=width, height=height, batch=batch_size,
                        guided=negative is not None and cfg != 1.0, context_noise=context_noise, cfg_scale=cfg,
-                       prefix_frames=cached_before, window_frames=window_frames, sink_frames=sinks, chunk_frames=chunk,
+                       prefix_frames=cached_before, window_frames=window, sink_frames=sinks, chunk_frames=chunk,
                        names=NODE_NAMES)
         shape = check_request(net.config, **request)  # the shape rules; memory once ComfyUI has made room
         num_latent, latent_h, latent_w = shape.latent_frames, shape.latent_height, shape.latent_width
@@ -209,7 +221,7 @@ class ASDCausalSampler:
 
                 request["recache_frames"] = largest_recache(
                     optional["prompt_switches"], prefix_frames=cached_before,
-                    cached_frames=window_frames or cached_before + num_latent)
+                    cached_frames=window or cached_before + num_latent)
         if start_latents is not None:
             optional["start_latents"] = start_latents_from_latent({"samples": start_latents})
 
@@ -227,15 +239,15 @@ class ASDCausalSampler:
 
         working = estimate_memory(net.config, batch=batch_size, guided=request["guided"], latent_frames=num_latent,
                                   latent_height=latent_h, latent_width=latent_w, prefix_frames=cached_before,
-                                  window_frames=window_frames or None, sink_frames=sinks, chunk_frames=chunk,
+                                  window_frames=window, sink_frames=sinks, chunk_frames=chunk,
                                   recache_frames=request.get("recache_frames", 0), dtype=net.dtype)
         with on_compute_device(net, working.total):  # ComfyUI frees the weights' bytes plus cache and activations
             check_request(net.config, device=net.device, dtype=net.dtype, **request)  # before any model call
-            chunks = list(sample_video(
-                net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
+            chunks = list(sample_with(
+                choice.sampler, net, plan=plan, context=context, num_frames=num_latent, latent_height=latent_h,
                 latent_width=latent_w, seeds=seeds, negative_context=negative_context, cfg_scale=cfg,
                 context_noise=context_noise, prefix=normalised_prefix, chunk_frames=chunk,
-                max_cache_frames=window_frames or None, sink_frames=sinks, callback=on_progress,
+                max_cache_frames=choice.window_frames, sink_frames=choice.sink_frames, callback=on_progress,
                 should_cancel=_cancel_requested, **optional,
             ))
         latents = torch.cat(chunks, dim=2)  # (B, C, F, H, W), normalised

@@ -796,7 +796,9 @@ def test_sampler_begins_the_video_with_a_start_latent(tiny):
     (dict(start_latent={"samples": torch.zeros(1, 16, 1, 4, 4)}, prefix={"samples": torch.zeros(1, 16, 1, 4, 4)}),
      r"either prefix .* or start_latent .*, not both"),
     (dict(start_latent=torch.zeros(1, 16, 1, 4, 4)), r"start_latent must be a LATENT"),
-    (dict(sink_frames=-2), r"sink_frames must be >= 0, or -1 for one chunk"),
+    (dict(sink_frames=-3), r"sink_frames must be >= 0, -1 for one chunk or -2 for the checkpoint family's own"),
+    (dict(window_frames=-2), r"window_frames must be >= 0, or -1 for the checkpoint family's own"),
+    (dict(sampler="beam"), r"unknown sampler 'beam'"),
     (dict(window_frames=4, sink_frames=3), r"window_frames=4 is too small: the rolling cache keeps 3 sink frames"),
     (dict(prompt_schedule="a red circle"), r"prompt_schedule must come from the ASD Prompt Schedule node"),
 ])
@@ -814,6 +816,44 @@ def test_sampler_sink_frames_reach_the_rolling_cache(tiny):
     (no_sink,), _ = run("ASDCausalSampler", **{**args, "sink_frames": 0})
     (one_chunk,), _ = run("ASDCausalSampler", **{**args, "sink_frames": -1})
     assert not torch.equal(no_sink["samples"], one_chunk["samples"])
+
+
+def test_sampler_defaults_to_the_familys_sampler_window_and_sinks(tiny, monkeypatch):
+    """Widgets left at -1 / -2 / auto sample as the family's release does (here Reward Forcing's EMA sink)."""
+    import dataclasses
+
+    released = dataclasses.replace(core("families").BY_NAME["reward_forcing"], max_cache_frames=4, sink_frames=2)
+    monkeypatch.setattr(tiny.model, "family", released, raising=False)  # sized for the tiny model's chunks of 2
+    args = sampler_args(tiny, frames=29)  # 8 latent frames, chunks of 2: the window rolls
+    node_defaults = {name: defaults("ASDCausalSampler")[name] for name in ("window_frames", "sink_frames", "sampler")}
+    assert node_defaults == {"window_frames": -1, "sink_frames": -2, "sampler": "auto"}
+    (latent,), _ = run("ASDCausalSampler", **{**args, **node_defaults})
+    context = core("text").conditioning_from_comfy(conditioning())
+    ema = core("ema_sink").sample_ema_sink_video(
+        tiny.model, window_frames=4, sink_frames=2, plan=args["plan"], context=context, num_frames=8,
+        latent_height=SIZE // 8, latent_width=SIZE // 8, seeds=[5])
+    assert torch.equal(latent["samples"], core("vae").to_raw(torch.cat(list(ema), dim=2)))
+    # Explicit widgets win: the plain loop over the same window, and the whole-video cache.
+    (plain,), _ = run("ASDCausalSampler", **{**args, **node_defaults, "sampler": "self_forcing"})
+    assert torch.equal(plain["samples"], reference(tiny, args["plan"], [5], num_frames=8, max_cache_frames=4,
+                                                   sink_frames=2))
+    assert not torch.equal(plain["samples"], latent["samples"])
+    (whole,), _ = run("ASDCausalSampler", **{**args, **node_defaults, "sampler": "self_forcing", "window_frames": 0})
+    assert torch.equal(whole["samples"], reference(tiny, args["plan"], [5], num_frames=8))
+
+
+def test_sampler_without_a_family_keeps_the_whole_video_and_one_chunk_of_sinks(tiny):
+    args = sampler_args(tiny, frames=29, window_frames=-1, sink_frames=-2)
+    (latent,), _ = run("ASDCausalSampler", **args)
+    assert torch.equal(latent["samples"], reference(tiny, args["plan"], [5], num_frames=8))
+    (rolled,), _ = run("ASDCausalSampler", **{**args, "window_frames": 4})
+    assert torch.equal(rolled["samples"], reference(tiny, args["plan"], [5], num_frames=8, max_cache_frames=4))
+
+
+def test_rolling_forcing_sampler_refuses_what_it_cannot_do_before_any_model_call(tiny):
+    start = {"samples": torch.zeros(1, 16, 1, SIZE // 8, SIZE // 8)}
+    with pytest.raises(ValueError, match="the rolling_forcing sampler takes no start_latents"):
+        run("ASDCausalSampler", **sampler_args(tiny, sampler="rolling_forcing", start_latent=start))
 
 
 def test_encode_start_image_is_the_library_encoder_in_raw_space(builtin):

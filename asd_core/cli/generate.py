@@ -122,7 +122,7 @@ def generate(args: argparse.Namespace) -> str:
     """Check the whole request, load, sample, decode chunk by chunk, write; returns the summary line."""
     from ..checkpoint import check_checkpoint_path, recorded_guidance
     from ..sampler import NonFiniteOutput
-    from ..samplers import resolve_sampler, sample_with
+    from ..samplers import family_window, resolve_sampler, sample_with
     from ..vae import pixels_to_video
     from ..video_io import write_video
 
@@ -175,8 +175,7 @@ def generate(args: argparse.Namespace) -> str:
     plan = user_plan or parse_plan(getattr(model, "trained_plan", None) or "1*")
     family = getattr(model, "family", None)
     sampler = resolve_sampler(args.sampler, family)
-    window = {} if family is None else dict(max_cache_frames=family.max_cache_frames,
-                                            sink_frames=family.sink_frames or None)
+    window = family_window(family)
 
     unknown = text_encoder.unknown_words(args.prompt) if hasattr(text_encoder, "unknown_words") else []
     if unknown:  # the built-in encoder maps them to <unk>: the video will not show them
