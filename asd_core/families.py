@@ -52,7 +52,7 @@ class Family:
     lora_alpha: float | None = None
     hints: tuple[tuple[str, ...], ...] = ()  # file-path substrings (all of one tuple) that name it
     download: str = ""  # where the file is published
-    sampler_note: str = ""  # what of its reference inference our sampler does differently
+    sampler_note: str = ""  # what its reference inference does beyond Self Forcing's loop (samplers.py does it)
 
     def settings(self) -> dict:
         """Trained settings and sampling defaults, as `info` and `asd-inspect` show them."""

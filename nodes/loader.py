@@ -54,8 +54,10 @@ class AsdModel:
         family = getattr(self.model, "family", None)
         if family is not None:
             lines.append(f"family: {family.name} (by {self.model.family_basis}): {family.describe()}")
-            if family.sampler_note:
-                lines.append(f"note: {family.sampler_note}; this sampler uses the window and sinks above")
+            from ..asd_core.samplers import sampler_for
+
+            note = f": its {family.sampler_note}" if family.sampler_note else ""
+            lines.append(f"sampler (auto): {sampler_for(family)}{note}")
         if getattr(self.model, "lora_file", None):
             lines.append(f"LoRA merged: {Path(self.model.lora_file).name}")
         if self.pipeline is not None and not self.pipeline.trained:

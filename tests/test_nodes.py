@@ -217,6 +217,7 @@ def test_loader_family_combo_and_lora_file(model_dir):
     (asd_model, info), _ = run("ASDModelLoader", model_file="longlive_base.pt", dtype="float32", family="auto",
                                lora_file="longlive_lora.pt")
     assert "family: longlive (by LoRA)" in info and "LoRA merged: longlive_lora.pt" in info
+    assert "sampler (auto): self_forcing" in info
     merged = asd_model.model.state_dict()["blocks.0.attn1.to_q.weight"]
     # LongLive's alpha is 256 whatever the rank: scale 256 / 2, and B @ A = 2 everywhere
     assert torch.allclose(merged, weights["blocks.0.attn1.to_q.weight"] + 256.0)
