@@ -274,8 +274,9 @@ def video_latent(latent, name: str, batch_size: int, width: int, height: int, ne
     got = (samples.shape[1], samples.shape[3], samples.shape[4])
     if got != expected:
         raise ValueError(
-            f"{name} latent has {got[0]} channels and {got[1] * 8}x{got[2] * 8} pixels (HxW) but the video is "
-            f"{height}x{width} with {expected[0]} channels: set width/height to the {SOURCES[name]}'s size"
+            f"{name} latent has {got[0]} channels and {got[1] * PIXELS_PER_LATENT}x{got[2] * PIXELS_PER_LATENT} "
+            f"pixels (HxW) but the video is {height}x{width} with {expected[0]} channels: set width/height to the "
+            f"{SOURCES[name]}'s size"
         )
     if samples.shape[0] not in (1, batch_size):
         raise ValueError(f"{name} latent batch {samples.shape[0]} must be 1 or batch_size ({batch_size})")
