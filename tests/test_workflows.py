@@ -417,3 +417,27 @@ def test_prompt_switch_workflow_follows_the_switch_by_the_evaluators_colour_chec
     assert (blue[:switch_at] == blue_unswitched[:switch_at]).all()  # the chunks before the switch are the same
     # "a blue square" from the switch on: blue shows in many more frames than without the switch.
     assert blue[switch_at:].mean() >= blue_unswitched[switch_at:].mean() + 0.25
+
+
+def test_run_in_comfyui_reports_a_partly_refused_prompt_as_refused(monkeypatch):
+    """ComfyUI answers 200 when only some outputs fail validation, runs the rest, and lists the
+    failures in node_errors: the runner must not print that as a success with no video."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_in_comfyui", WORKFLOWS / "run_in_comfyui.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    asked = []
+
+    def server(_server, path, payload=None):
+        asked.append(path)
+        if path == "/prompt":
+            return {"prompt_id": "p1", "number": 0,
+                    "node_errors": {"9": {"errors": [{"message": "Value not in list: sampler: 'bogus'"}]}}}
+        return {"p1": {"status": {"completed": True, "status_str": "success"}, "outputs": {}}}
+
+    monkeypatch.setattr(runner, "call", server)
+    info = {**CORE, **comfy_executor.pack_object_info(pack)}
+    state, _, files = runner.run("http://server", WORKFLOWS / "asd_t2v_default_1star.json", info, timeout=5)
+    assert state.startswith("refused") and "Value not in list" in state and files == []
+    assert asked == ["/prompt"]  # no polling for a prompt that will not make the video

@@ -36,6 +36,8 @@ def run(server: str, workflow_file: Path, object_info: dict, timeout: float) -> 
         queued = call(server, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
     except urllib.error.HTTPError as error:  # ComfyUI's validation errors come back as 400 with a JSON body
         return f"refused: {error.read().decode()[:600]}", 0.0, []
+    if queued.get("node_errors"):  # some outputs failed validation: ComfyUI runs the others and still says 200
+        return f"refused: {json.dumps(queued['node_errors'])[:600]}", 0.0, []
     prompt_id = queued["prompt_id"]
     while time.perf_counter() - start < timeout:
         history = call(server, f"/history/{prompt_id}").get(prompt_id)
