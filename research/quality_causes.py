@@ -5,6 +5,7 @@
     python -m research.quality_causes teacher    # the teacher: does its output depend on the caption?
     python -m research.quality_causes frames     # the teacher per latent frame: latents and empty frames
     python -m research.quality_causes persist    # which captioned shapes the teacher keeps: by size, kind, count
+    python -m research.quality_causes latent     # does the VAE's latent hold shape kinds its decoder loses?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
 runs in 1-3 minutes on one thread; evaluation seed 0's captions and videos unless named.
@@ -22,6 +23,13 @@ runs in 1-3 minutes on one thread; evaluation seed 0's captions and videos unles
 - persist: on evaluation seed 0 (as asd-eval), the share of frames in which each captioned shape
   has a significant blob of its colour, by the shape's size, kind and the caption's shape count,
   for the teacher and the VAE round trip: do small shapes (few latent cells) vanish first?
+- latent: a probe reads each shape's kind (circle / square / triangle) from what lies around its
+  centre: the shipped encoder's latent cells; the pixels' averages over the same cells (8x8
+  pixels and the pixel frames the latent frame covers: what the grid keeps with no learning);
+  the round-tripped and the real pixel frame. Trained on 300 videos, tested on 150 others, for
+  latent frame 0 (one pixel frame) and latent frames 4 and 8 (four pixel frames each, the shape
+  read where it is at the last). Latent far above round trip: the decoder drops kinds the
+  latent holds; latent below the averages: the encoder does.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ import argparse
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from asd_core.cli.evaluate import _load, build_parser
 from asd_core.losses import add_noise, flow_matching_loss
 from asd_core.sampler import sample_video
 from asd_core.schedule import parse_plan, sigma_to_timestep
 from asd_core.toy.defaults import TOY, default_file
-from asd_core.toy.domain import COLOURS, KINDS, caption, make_batch, parse_caption, sample_video_spec
+from asd_core.toy.domain import COLOURS, KINDS, caption, make_batch, parse_caption, sample_video_spec, trajectory
 from asd_core.toy.measures import NO_SHAPE, analyse, caption_pairs, segment
 from asd_core.toy.model_eval import EVAL_STREAM, eval_captions, generate_videos, to_uint8, vae_round_trip
 from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
@@ -234,9 +243,98 @@ def check_persist(num: int) -> None:
         print(f"  {name}: " + ", ".join(cells))
 
 
+PROBE_FRAMES = (0, 4, 8)  # latent frames; latent frame j ends at pixel frame 4j
+
+
+def _around(images: torch.Tensor, centres: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images sampled bilinearly at each centre + offsets (pixels, (K, 2)): (N, C * K) features."""
+    height, width = images.shape[-2:]
+    points = centres[:, None, :] + offsets[None]  # (N, K, 2) as (x, y) in pixels
+    grid = torch.stack([2 * points[..., 0] / width - 1, 2 * points[..., 1] / height - 1], dim=-1)
+    return F.grid_sample(images, grid[:, None], mode="bilinear", padding_mode="border",
+                         align_corners=False).flatten(1)
+
+
+def _kind_features(streams: tuple[int, int], num: int, codec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per (shape, probed frame) of `num` videos of a stream: features of each source, and the kind."""
+    videos, _ = make_batch(streams[0], num, TOY.pixel_frames, TOY.height, TOY.width, start=streams[1])
+    trip = vae_round_trip(videos, codec, batch=8)
+    cells = codec.vae.config.scale_factor_spatial or 8
+    lattice = torch.stack(torch.meshgrid(torch.arange(-1, 2.0), torch.arange(-1, 2.0), indexing="xy"), -1)
+    fine = torch.stack(torch.meshgrid(torch.arange(-11, 12, 2.0), torch.arange(-11, 12, 2.0), indexing="xy"), -1)
+    rows = {"latent cells (3x3 around the centre)": [], "pixel averages over the same cells (3x3)": [],
+            "round-trip pixels (24x24)": [], "real pixels (24x24)": []}
+    kinds, frames = [], []
+    for lo in range(0, num, 8):
+        real = torch.from_numpy(videos[lo:lo + 8]).float() / 255.0  # (B, T, H, W, 3)
+        with torch.no_grad():
+            latents = codec.encode(video_to_pixels(real))  # (B, 16, F, h, w), normalised
+        tripped = torch.from_numpy(trip[lo:lo + 8]).float() / 255.0
+        for b in range(real.shape[0]):
+            spec = sample_video_spec(streams[0], streams[1] + lo + b, TOY.pixel_frames, TOY.height, TOY.width)
+            for j in PROBE_FRAMES:
+                t = 4 * j
+                covered = real[b, max(0, t - 3):t + 1].mean(0)  # the pixel frames latent frame j encodes
+                centres = torch.tensor(np.array([trajectory(sh, TOY.pixel_frames, TOY.height, TOY.width)[t]
+                                                 for sh in spec.shapes]), dtype=torch.float32)
+                frame = real[b, t].permute(2, 0, 1)[None].expand(len(centres), -1, -1, -1)
+                latent = latents[b, :, j][None].expand(len(centres), -1, -1, -1)
+                on_grid = centres / cells  # the centres in latent cells, where the two grids are read
+                rows["latent cells (3x3 around the centre)"].append(_around(latent, on_grid, lattice.reshape(-1, 2)))
+                averages = F.avg_pool2d(covered.permute(2, 0, 1)[None], cells).expand(len(centres), -1, -1, -1)
+                rows["pixel averages over the same cells (3x3)"].append(_around(averages, on_grid, lattice.reshape(-1, 2)))
+                rows["round-trip pixels (24x24)"].append(
+                    _around(tripped[b, t].permute(2, 0, 1)[None].expand(len(centres), -1, -1, -1), centres,
+                            fine.reshape(-1, 2)))
+                rows["real pixels (24x24)"].append(_around(frame, centres, fine.reshape(-1, 2)))
+                kinds += [KINDS.index(sh.kind) for sh in spec.shapes]
+                frames += [j] * len(spec.shapes)
+    return {name: (torch.cat(x).numpy(), np.array(kinds), np.array(frames)) for name, x in rows.items()}
+
+
+def _probe_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """Held-out kind accuracy of a ridge probe and of a one-hidden-layer MLP (both on standardised features)."""
+    mean, std = train[0].mean(0), train[0].std(0) + 1e-6
+    x, xt = (train[0] - mean) / std, (test[0] - mean) / std
+    onehot = np.eye(len(KINDS))[train[1]]
+    a = np.c_[x, np.ones(len(x))]
+    w = np.linalg.solve(a.T @ a + 1.0 * np.eye(a.shape[1]), a.T @ onehot)
+    ridge = float(np.mean((np.c_[xt, np.ones(len(xt))] @ w).argmax(1) == test[1]))
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.GELU(), torch.nn.Linear(128, len(KINDS)))
+    optimiser = torch.optim.AdamW(mlp.parameters(), lr=3e-3, weight_decay=1e-2)
+    inputs, labels = torch.from_numpy(x).float(), torch.from_numpy(train[1])
+    for _ in range(400):
+        optimiser.zero_grad()
+        F.cross_entropy(mlp(inputs), labels).backward()
+        optimiser.step()
+    with torch.no_grad():
+        mlp_accuracy = float((mlp(torch.from_numpy(xt).float()).argmax(1).numpy() == test[1]).mean())
+    return ridge, mlp_accuracy
+
+
+def check_latent() -> None:
+    codec = load_codec(default_file("vae"))
+    train = _kind_features((EVAL_STREAM + 300, 0), 300, codec)
+    test = _kind_features((EVAL_STREAM + 301, 0), 150, codec)
+    labels = test[next(iter(test))][1]
+    print(f"shape kind read from around each shape's centre, held-out accuracy (ridge / MLP); "
+          f"{len(train[next(iter(train))][1])} training and {len(labels)} test shapes, "
+          f"majority class {np.bincount(labels).max() / len(labels):.3f}")
+    subsets = {"latent frame 0": lambda f: f == 0, "latent frames 4, 8": lambda f: f > 0}
+    print(f"  {'':42s}" + "".join(f"{name:>22s}" for name in subsets))
+    for name in train:
+        cells = []
+        for keep in subsets.values():
+            a, b = keep(train[name][2]), keep(test[name][2])
+            ridge, mlp = _probe_accuracy((train[name][0][a], train[name][1][a]), (test[name][0][b], test[name][1][b]))
+            cells.append(f"{ridge:.3f} / {mlp:.3f}")
+        print(f"  {name:42s}" + "".join(f"{c:>22s}" for c in cells))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist"))
+    p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "latent"))
     p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher)")
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher)")
     args = p.parse_args()
@@ -249,8 +347,10 @@ def main() -> None:
         check_teacher(args.num, args.seeds)
     elif args.check == "frames":
         check_frames(args.num)
-    else:
+    elif args.check == "persist":
         check_persist(args.num)
+    else:
+        check_latent()
 
 
 if __name__ == "__main__":
