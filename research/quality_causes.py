@@ -313,8 +313,8 @@ def _probe_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return ridge, mlp_accuracy
 
 
-def check_latent() -> None:
-    codec = load_codec(default_file("vae"))
+def check_latent(vae: str) -> None:
+    codec = load_codec(vae or default_file("vae"))
     train = _kind_features((EVAL_STREAM + 300, 0), 300, codec)
     test = _kind_features((EVAL_STREAM + 301, 0), 150, codec)
     labels = test[next(iter(test))][1]
@@ -337,6 +337,7 @@ def main() -> None:
     p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "latent"))
     p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher)")
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher)")
+    p.add_argument("--vae", default="", help="latent: another VAE file (a run's model.safetensors) than the shipped one")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.check == "vae":
@@ -350,7 +351,7 @@ def main() -> None:
     elif args.check == "persist":
         check_persist(args.num)
     else:
-        check_latent()
+        check_latent(args.vae)
 
 
 if __name__ == "__main__":
