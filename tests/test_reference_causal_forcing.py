@@ -15,60 +15,40 @@ instead of timestep 0, and FFE given to the video's first frame instead of the f
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from reference_io import (
+    CLEARLY_DIFFERENT,
+    DATA,
+    RELATIVE_TOLERANCE,
+    WEIGHTS,
+    load_recording,
+    relative_difference,
+    tiny_reference_model,
+    to_ours,
+)
 
 import asd_core.sampler as sampler_module
-from asd_core.checkpoint import load_model
-from asd_core.config import CausalWanConfig
 from asd_core.sampler import generate_latents
 from asd_core.schedule import parse_plan
 
-DATA = Path(__file__).parent / "data" / "reference"
-WEIGHTS = DATA / "self_forcing_weights.safetensors"
 RECORDED = DATA / "causal_forcing_io.safetensors"
 REFERENCE_COMMIT = "1fc7bbc19a503c1bce80ecef08158b20e702f386"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE  # what a negative check must exceed
 # Each recorded run and the plan that is its step lists (the reference's frame-wise configs).
 PLANS = {"t2v_4": "4", "t2v_2ffe": "2*", "t2v_1ffe": "1*", "i2v_image": "2*", "i2v_video": "1*"}
 
 
-def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float() - reference.float()).abs().max() / reference.float().abs().max())
-
-
-def to_ours(frames_first: torch.Tensor) -> torch.Tensor:
-    """The reference's (B, F, C, H, W) -> our (B, C, F, H, W)."""
-    return frames_first.float().permute(0, 2, 1, 3, 4).contiguous()
-
-
 @pytest.fixture(scope="module")
 def recorded():
-    tensors = load_file(str(RECORDED))
-    with safe_open(str(RECORDED), framework="pt") as f:
-        metadata = f.metadata()
-    return tensors, metadata
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def model(recorded):
-    """Our config for the reference's tiny model, frame-wise (its head size 32 is not Wan's 128,
-    so the loader cannot infer it from shapes; text_len is Wan's 512)."""
+    """The reference's tiny model, frame-wise: chunks of the recording's num_frame_per_block (1)."""
     _, metadata = recorded
-    ref = json.loads(metadata["reference.model_config"])
-    config = CausalWanConfig(
-        num_layers=ref["num_layers"], num_attention_heads=ref["num_heads"],
-        attention_head_dim=ref["dim"] // ref["num_heads"], ffn_dim=ref["ffn_dim"], in_channels=ref["in_dim"],
-        out_channels=ref["out_dim"], text_dim=ref["text_dim"], freq_dim=ref["freq_dim"],
-        patch_size=tuple(ref["patch_size"]), cross_attn_norm=ref["cross_attn_norm"], eps=ref["eps"],
-        chunk_frames=int(metadata["num_frame_per_block"]), text_len=ref["text_len"],
-    )
-    return load_model(WEIGHTS, config=config)
+    return tiny_reference_model(metadata, int(metadata["num_frame_per_block"]))
 
 
 class RecordedNoise:

@@ -12,8 +12,15 @@ weights, inputs and noise; outputs must agree to RELATIVE_TOLERANCE. Negative ch
 
 import pytest
 import torch
-from test_reference_reward_forcing import recorded_file, tiny_reference_model
-from test_reference_self_forcing import relative_difference, to_ours
+from reference_io import (
+    CLEARLY_DIFFERENT,
+    DATA,
+    RELATIVE_TOLERANCE,
+    load_recording,
+    relative_difference,
+    tiny_reference_model,
+    to_ours,
+)
 
 import asd_core.sampler as sampler_module
 from asd_core.causvid import sample_causvid_video
@@ -21,22 +28,20 @@ from asd_core.families import BY_NAME
 from asd_core.sampler import sample_video
 from asd_core.schedule import parse_plan
 
-RECORDED = "causvid_io.safetensors"
+RECORDED = DATA / "causvid_io.safetensors"
 REFERENCE_COMMIT = "ca2115039172dfa3a02deee1534408a09680f29f"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE
 CHUNK_FRAMES = 3
 PLANS = {"released": BY_NAME["causvid"].plan, "warp_4step": "4;shift=8"}
 
 
 @pytest.fixture(scope="module")
 def recorded():
-    return recorded_file(RECORDED)
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def model(recorded):
-    return tiny_reference_model(recorded[1])
+    return tiny_reference_model(recorded[1], CHUNK_FRAMES)
 
 
 class RecordedBlockNoise:

@@ -14,27 +14,33 @@ position) and Reward Forcing's EMA-Sink cache (which overwrites the sink with ev
 import json
 
 import pytest
-from test_reference_reward_forcing import recorded_file, sample_like_reference, tiny_reference_model
-from test_reference_self_forcing import relative_difference, to_ours
+from reference_io import (
+    CLEARLY_DIFFERENT,
+    DATA,
+    RELATIVE_TOLERANCE,
+    load_recording,
+    relative_difference,
+    tiny_reference_model,
+    to_ours,
+)
+from test_reference_reward_forcing import sample_like_reference
 
 from asd_core.ema_sink import sample_ema_sink_video, sample_repositioned_sink_video
 from asd_core.sampler import generate_latents
 
-RECORDED = "infinite_forcing_io.safetensors"
+RECORDED = DATA / "infinite_forcing_io.safetensors"
 REFERENCE_COMMIT = "b8feaf5f0c3ad96c208d9a17fee80d00a28d99cd"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE
 CHUNK_FRAMES = 3
 
 
 @pytest.fixture(scope="module")
 def recorded():
-    return recorded_file(RECORDED)
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def model(recorded):
-    return tiny_reference_model(recorded[1])
+    return tiny_reference_model(recorded[1], CHUNK_FRAMES)
 
 
 RELEASED = (6, 1)  # configs/self_forcing_dmd_vsink1.yaml: local_attn_size, sink_size

@@ -13,29 +13,35 @@ and the first block's step list without the warp.
 
 import pytest
 import torch
-from test_reference_reward_forcing import recorded_file, tiny_reference_model
-from test_reference_self_forcing import relative_difference, to_ours
+from reference_io import (
+    CLEARLY_DIFFERENT,
+    DATA,
+    RELATIVE_TOLERANCE,
+    load_recording,
+    relative_difference,
+    tiny_reference_model,
+    to_ours,
+)
 
 import asd_core.sampler as sampler_module
 from asd_core.sampler import generate_latents
 from asd_core.schedule import parse_plan
 
-RECORDED = "one_forcing_io.safetensors"
+RECORDED = DATA / "one_forcing_io.safetensors"
 REFERENCE_COMMIT = "ca345b35a87623e1c8b5af356a92f7412da816a3"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE
 MODES = {"framewise": 1, "chunkwise": 3}
 RELEASED_PLAN = "1*"  # first chunk 4 steps, later chunks 1 step, shift 5
 
 
 @pytest.fixture(scope="module")
 def recorded():
-    return recorded_file(RECORDED)
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def model(recorded):
-    return tiny_reference_model(recorded[1])
+    """Built with chunks of 3 frames; each mode passes its own `chunk_frames` to the sampler."""
+    return tiny_reference_model(recorded[1], MODES["chunkwise"])
 
 
 class RecordedBlockNoise:

@@ -10,61 +10,37 @@ gets the same weights, inputs and noise; outputs must agree to RELATIVE_TOLERANC
 checks: Self Forcing's rolling cache (fixed sink at its first positions) and a wrong alpha.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-from test_reference_self_forcing import RecordedNoise, relative_difference, to_ours
+from reference_io import (
+    CLEARLY_DIFFERENT,
+    DATA,
+    RELATIVE_TOLERANCE,
+    load_recording,
+    relative_difference,
+    tiny_reference_model,
+    to_ours,
+)
+from test_reference_self_forcing import RecordedNoise
 
 import asd_core.sampler as sampler_module
-from asd_core.checkpoint import load_model
-from asd_core.config import CausalWanConfig
 from asd_core.ema_sink import sample_ema_sink_video
 from asd_core.sampler import generate_latents
 from asd_core.schedule import parse_plan
 
-DATA = Path(__file__).parent / "data" / "reference"
-WEIGHTS = DATA / "self_forcing_weights.safetensors"
 RECORDED = DATA / "reward_forcing_io.safetensors"
 REFERENCE_COMMIT = "4317f5a0d29d1cee6a0f2e80ed5f5724bee97c66"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE
 CHUNK_FRAMES = 3
-
-
-def recorded_file(name: str):
-    """(tensors, metadata) of a recording under tests/data/reference."""
-    path = DATA / name
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    return tensors, metadata
 
 
 @pytest.fixture(scope="module")
 def recorded():
-    return recorded_file(RECORDED.name)
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def model(recorded):
-    return tiny_reference_model(recorded[1])
-
-
-def tiny_reference_model(metadata, chunk_frames: int = CHUNK_FRAMES):
-    """Our model on self_forcing_weights.safetensors, at the recording's tiny reference config."""
-    ref = json.loads(metadata["reference.model_config"])
-    config = CausalWanConfig(
-        num_layers=ref["num_layers"], num_attention_heads=ref["num_heads"],
-        attention_head_dim=ref["dim"] // ref["num_heads"], ffn_dim=ref["ffn_dim"], in_channels=ref["in_dim"],
-        out_channels=ref["out_dim"], text_dim=ref["text_dim"], freq_dim=ref["freq_dim"],
-        patch_size=tuple(ref["patch_size"]), cross_attn_norm=ref["cross_attn_norm"], eps=ref["eps"],
-        chunk_frames=chunk_frames, text_len=ref["text_len"],
-    )
-    return load_model(WEIGHTS, config=config)
+    return tiny_reference_model(recorded[1], CHUNK_FRAMES)
 
 
 def sample_like_reference(model, tensors, monkeypatch, sampler, **kwargs):

@@ -12,59 +12,36 @@ the comparison can fail where the algorithm's specific parts matter: the anchor 
 first position instead of re-indexed, or an attention span that does not end.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from reference_io import (
+    CLEARLY_DIFFERENT,
+    DATA,
+    RELATIVE_TOLERANCE,
+    load_recording,
+    relative_difference,
+    tiny_reference_model,
+    to_ours,
+)
 
 import asd_core.rolling_forcing as rolling_module
-from asd_core.checkpoint import load_model
-from asd_core.config import CausalWanConfig
 from asd_core.rolling_cache import RollingForcingCache
 from asd_core.rolling_forcing import generate_rolling_latents
 from asd_core.schedule import parse_plan
 
-DATA = Path(__file__).parent / "data" / "reference"
-WEIGHTS = DATA / "self_forcing_weights.safetensors"
 RECORDED = DATA / "rolling_forcing_io.safetensors"
 REFERENCE_COMMIT = "a1477d09e85dc759a6a6728f55f77f59342ce388"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE
 CHUNK_FRAMES = 3
-
-
-def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float() - reference.float()).abs().max() / reference.float().abs().max())
-
-
-def to_ours(frames_first: torch.Tensor) -> torch.Tensor:
-    """The reference's (B, F, C, H, W) -> our (B, C, F, H, W)."""
-    return frames_first.float().permute(0, 2, 1, 3, 4).contiguous()
 
 
 @pytest.fixture(scope="module")
 def recorded():
-    tensors = load_file(str(RECORDED))
-    with safe_open(str(RECORDED), framework="pt") as f:
-        metadata = f.metadata()
-    return tensors, metadata
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def model(recorded):
-    _, metadata = recorded
-    ref = json.loads(metadata["reference.model_config"])
-    config = CausalWanConfig(
-        num_layers=ref["num_layers"], num_attention_heads=ref["num_heads"],
-        attention_head_dim=ref["dim"] // ref["num_heads"], ffn_dim=ref["ffn_dim"], in_channels=ref["in_dim"],
-        out_channels=ref["out_dim"], text_dim=ref["text_dim"], freq_dim=ref["freq_dim"],
-        patch_size=tuple(ref["patch_size"]), cross_attn_norm=ref["cross_attn_norm"], eps=ref["eps"],
-        chunk_frames=CHUNK_FRAMES, text_len=ref["text_len"],
-    )
-    return load_model(WEIGHTS, config=config)
+    return tiny_reference_model(recorded[1], CHUNK_FRAMES)
 
 
 class RecordedNoise:

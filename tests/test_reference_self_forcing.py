@@ -13,12 +13,12 @@ reference's 512-token text padding, or with a re-noised clean chunk for the cach
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+import reference_io
 import torch
+from reference_io import CLEARLY_DIFFERENT, DATA, RELATIVE_TOLERANCE, WEIGHTS, load_recording, relative_difference, to_ours
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 import asd_core.sampler as sampler_module
 from asd_core.checkpoint import load_model, read_checkpoint
@@ -26,45 +26,20 @@ from asd_core.config import CausalWanConfig
 from asd_core.sampler import generate_latents
 from asd_core.schedule import parse_plan
 
-DATA = Path(__file__).parent / "data" / "reference"
-WEIGHTS = DATA / "self_forcing_weights.safetensors"
 RECORDED = DATA / "self_forcing_io.safetensors"
 REFERENCE_COMMIT = "33593df3e81fa3ec10239271dd2c100facac6de1"
-RELATIVE_TOLERANCE = 1e-4
-CLEARLY_DIFFERENT = 10 * RELATIVE_TOLERANCE  # what a negative check must exceed
 CHUNK_FRAMES = 3
-
-
-def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float() - reference.float()).abs().max() / reference.float().abs().max())
-
-
-def to_ours(frames_first: torch.Tensor) -> torch.Tensor:
-    """The reference's (B, F, C, H, W) -> our (B, C, F, H, W)."""
-    return frames_first.float().permute(0, 2, 1, 3, 4).contiguous()
 
 
 @pytest.fixture(scope="module")
 def recorded():
-    tensors = load_file(str(RECORDED))
-    with safe_open(str(RECORDED), framework="pt") as f:
-        metadata = f.metadata()
-    return tensors, metadata
+    return load_recording(RECORDED)
 
 
 @pytest.fixture(scope="module")
 def reference_config(recorded) -> CausalWanConfig:
-    """Our config for the reference's tiny model: its head size (32) is not Wan's 128, so the
-    loader cannot infer it from shapes; text_len is the reference's (Wan's) 512."""
-    _, metadata = recorded
-    ref = json.loads(metadata["reference.model_config"])
-    return CausalWanConfig(
-        num_layers=ref["num_layers"], num_attention_heads=ref["num_heads"],
-        attention_head_dim=ref["dim"] // ref["num_heads"], ffn_dim=ref["ffn_dim"], in_channels=ref["in_dim"],
-        out_channels=ref["out_dim"], text_dim=ref["text_dim"], freq_dim=ref["freq_dim"],
-        patch_size=tuple(ref["patch_size"]), cross_attn_norm=ref["cross_attn_norm"], eps=ref["eps"],
-        chunk_frames=CHUNK_FRAMES, text_len=ref["text_len"],
-    )
+    """Our config for the reference's tiny model; tests read the checkpoint with it and vary it."""
+    return reference_io.reference_config(recorded[1], CHUNK_FRAMES)
 
 
 @pytest.fixture(scope="module")
