@@ -64,6 +64,27 @@ def test_vae_loss_weighs_exactly_the_shape_pixels():
     assert torch.equal(mask.bool(), ~is_background) and 0 < mask.mean() < 0.3
 
 
+def test_edge_loss_charges_blurred_and_shifted_edges_only():
+    from trainer.stages.data import pixel_batch
+    from trainer.stages.vae import edge_difference, foreground_mask
+
+    pixels, _ = pixel_batch([0, 1], 5, 64, 64)
+    weight = 1.0 + 10.0 * foreground_mask(pixels)
+    assert edge_difference(pixels, pixels, weight) == 0
+    assert edge_difference(pixels + 0.3, pixels, weight) < 1e-6  # a flat colour shift moves no edge
+    blurred = torch.nn.functional.avg_pool3d(pixels, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    shifted = pixels.roll(2, dims=-1)
+    assert edge_difference(blurred, pixels, weight) > 0.01 and edge_difference(shifted, pixels, weight) > 0.01
+
+
+def test_vae_stage_with_edge_loss_logs_it(tmp_path):
+    out = tmp_path / "edges"
+    assert train("vae.yaml", out, "edge_weight=1.0", "max_steps=1", "batch_size=1", "clip_frames=5",
+                 "stats_clips=2", "tensorboard=true", *TINY_VIDEO) == 0
+    logged = (out / "tensorboard").rglob("events.*")
+    assert any(b"edges" in path.read_bytes() for path in logged)
+
+
 def test_decoder_fine_tuning_keeps_the_latent_space(vae_run, tmp_path):
     # Longer clips than `init` trained on (as vae_decoder_long does): statistics measured on them
     # would differ, and the teacher's latents, normalised with init's, would decode shifted.

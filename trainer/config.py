@@ -59,6 +59,7 @@ class VaeConfig(RunConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     kl_weight: float = 1e-6  # small: the latent must stay informative, only loosely Gaussian
     foreground_weight: float = 10.0  # extra loss weight of shape pixels (the background is most of a frame)
+    edge_weight: float = 0.0  # L1 on the spatial gradients too: a shape's kind is in its edges and corners
     init: str = ""  # start from a trained VAE (run dir or file) instead of random weights
     freeze_encoder: bool = False  # train the decoder only: the latent space stays that of `init`
     clip_frames: int = 9  # pixel frames per training clip (4k+1); the causal VAE then runs on any length
