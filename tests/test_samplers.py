@@ -14,7 +14,7 @@ from asd_core.families import BY_NAME, FAMILIES
 from asd_core.model import CausalWanTransformer
 from asd_core.rolling_forcing import sample_rolling_video
 from asd_core.sampler import sample_video
-from asd_core.samplers import FAMILY_SAMPLERS, SAMPLERS, resolve_sampler, sample_with, sampler_for
+from asd_core.samplers import FAMILY_SAMPLERS, SAMPLERS, family_window, resolve_sampler, sample_with, sampler_for
 from asd_core.schedule import parse_plan
 
 H = W = 4
@@ -88,3 +88,14 @@ def test_rolling_forcing_refuses_what_it_cannot_do(model, request_):
         sample_with("rolling_forcing", model, prefix=prefix, **request_)
     with pytest.raises(ValueError, match="sink is the first chunk"):
         sample_with("rolling_forcing", model, max_cache_frames=6, sink_frames=1, **request_)
+
+
+@pytest.mark.parametrize("family, window", [
+    ("longlive", {"max_cache_frames": 12, "sink_frames": 3}),
+    ("reward_forcing", {"max_cache_frames": 9, "sink_frames": 3}),
+    ("infinite_forcing", {"max_cache_frames": 6, "sink_frames": 1}),
+    ("self_forcing", {"max_cache_frames": None, "sink_frames": None}),  # whole video; sinks: one chunk if rolled
+    (None, {"max_cache_frames": None, "sink_frames": None}),  # plain Wan weights
+])
+def test_family_window_is_the_releases_cache(family, window):
+    assert family_window(None if family is None else BY_NAME[family]) == window
