@@ -8,7 +8,7 @@
     python -m research.quality_causes latent     # does the VAE's latent hold shape kinds its decoder loses?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
-runs in 1-3 minutes on one thread; evaluation seed 0's captions and videos unless named.
+runs in 1-3 minutes on one thread (latent: about 8); evaluation seed 0's captions and videos unless named.
 - vae: 32 real videos through the shipped VAE; per colour, where the shape pixels land in the
   evaluator's pixel classes, and per captioned kind what the evaluator reads after the trip.
 - text: a ridge probe from the mean-pooled (L, 64) embedding to the caption's colours, kinds and
@@ -255,8 +255,8 @@ def _around(images: torch.Tensor, centres: torch.Tensor, offsets: torch.Tensor) 
                          align_corners=False).flatten(1)
 
 
-def _kind_features(streams: tuple[int, int], num: int, codec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per (shape, probed frame) of `num` videos of a stream: features of each source, and the kind."""
+def _kind_features(streams: tuple[int, int], num: int, codec) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per (shape, probed frame) of `num` videos of a stream: each source's features, the kind, the latent frame."""
     videos, _ = make_batch(streams[0], num, TOY.pixel_frames, TOY.height, TOY.width, start=streams[1])
     trip = vae_round_trip(videos, codec, batch=8)
     cells = codec.vae.config.scale_factor_spatial or 8

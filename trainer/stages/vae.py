@@ -99,15 +99,15 @@ class VaeStage(Stage):
         l2 = (weight * (recon - pixels).square()).mean()
         kl = posterior.kl().mean() / latents[0].numel()
         loss = l1 + l2 + c.kl_weight * kl
-        logs = {}
+        extra = {}
         if c.edge_weight:
             edges = edge_difference(recon, pixels, weight)
             loss = loss + c.edge_weight * edges
-            logs["edges"] = edges.item()
+            extra["edges"] = edges.item()
         applied, norm = apply_update(loss, self.trainable, self.optimizer, rt, c.grad_clip)
         if applied:
             self.scheduler.step()
-        logs = {"loss": loss.item(), "l1": l1.item(), "mse": l2.item(), "kl": kl.item(), "grad_norm": norm, **logs}
+        logs = {"loss": loss.item(), "l1": l1.item(), "mse": l2.item(), "kl": kl.item(), "grad_norm": norm, **extra}
         return StepResult(logs, [] if applied else ["vae"])
 
     @torch.no_grad()
