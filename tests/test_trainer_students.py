@@ -167,6 +167,29 @@ def test_export_at_a_step_writes_what_the_stage_exports(distill_runs, tmp_path, 
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_teacher_export_at_a_step_carries_that_steps_text_encoder(teacher_run, tmp_path, capsys):
+    """The teacher's text encoder trains with it: an export at a step pairs the file with that step's
+    encoder (the finished run's export is the reference), and never with another teacher's."""
+    first = tmp_path / "a" / "teacher.safetensors"
+    first.parent.mkdir()
+    assert main(["export", str(teacher_run), "--step", "2", "--out", str(first)]) == 0
+    exported = tensors(first.parent / "text_encoder.safetensors")
+    reference = tensors(teacher_run / "text_encoder.safetensors")
+    assert exported.keys() == reference.keys() and all(torch.equal(exported[k], reference[k]) for k in reference)
+    assert main(["export", str(teacher_run), "--step", "2", "--out", str(first.parent / "again.safetensors")]) == 0
+    foreign = tmp_path / "b"
+    foreign.mkdir()
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in reference.items()}
+    metadata = safetensors.safe_open(str(teacher_run / "text_encoder.safetensors"), "pt").metadata()
+    safetensors.torch.save_file(other, str(foreign / "text_encoder.safetensors"), metadata)
+    capsys.readouterr()
+    assert main(["export", str(teacher_run), "--step", "2", "--out", str(foreign / "t.safetensors")]) == 2
+    assert "already holds another text encoder" in capsys.readouterr().err
+    assert not (foreign / "t.safetensors").exists()
+    assert torch.equal(tensors(foreign / "text_encoder.safetensors")["token_embedding.weight"],
+                       other["token_embedding.weight"])
+
+
 def test_raw_export_is_the_file_a_run_without_ema_writes(distill_runs, teacher_run, ode_run, tmp_path, capsys):
     """The EMA feeds nothing back: a finished run's trained generator (--raw) equals, tensors and
     metadata, the export of the same run with ema_decay=0, so a run can be scored without its average."""

@@ -4,7 +4,9 @@ A finished run already wrote its model (`model.safetensors`); this is for the ch
 the way there: evaluating a run part-way (where a student started to collapse, say), or
 taking a model from a run that was stopped. The file is the one the stage's own export
 writes at that step: the EMA network, the model config, the plan and the metadata the stage
-records for its export (role, alpha) in every checkpoint.
+records for its export (role, alpha) in every checkpoint. A teacher trains its toy text
+encoder with it, so a teacher's export also writes that step's encoder beside the file, as the
+finished run's export does: asd-eval and the loader pair a model with the encoder beside it.
 
 `raw=True` writes the trained network itself instead of its EMA, with `asd.ema_decay` "0.0":
 the file a run with `ema_decay=0` would have exported, since the EMA feeds nothing back into
@@ -15,10 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from asd_core.checkpoint import save_checkpoint
 from asd_core.config import CausalWanConfig
+from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 
 from .run_files import CHECKPOINTS
+from .stages.base import TEXT_ENCODER_FILE
 from .state import PREFIX, Checkpointer, read_meta, read_module_state
 
 
@@ -61,4 +67,27 @@ def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = Fal
     if raw:
         network = next(name for name in RAW_NETWORKS if name in meta["modules"])
         metadata["asd.ema_decay"] = "0.0"
-    return save_checkpoint(out, read_module_state(path, network), config, plan=extra["plan"], extra=metadata)
+    encoder = _text_encoder_at(path, meta, config)
+    target = Path(out).parent / TEXT_ENCODER_FILE
+    if encoder is not None and target.is_file() and not _same_weights(ToyTextEncoder.load(target), encoder):
+        raise ValueError(f"{target.parent} already holds another text encoder ({target.name}), which this "
+                         f"teacher's file would be paired with: export each teacher step into a folder of its own")
+    written = save_checkpoint(out, read_module_state(path, network), config, plan=extra["plan"], extra=metadata)
+    if encoder is not None:
+        encoder.save(target)
+    return written
+
+
+def _text_encoder_at(path: Path, meta: dict, config: CausalWanConfig) -> ToyTextEncoder | None:
+    """The toy text encoder trained with the network in this checkpoint (a teacher's), or None."""
+    if "text_encoder" not in meta["modules"]:
+        return None
+    options = meta["extra"].get("config", {}).get("text_encoder") or {}  # as the teacher stage builds it
+    encoder = ToyTextEncoder(ToyTextConfig(width=config.text_dim, **options))
+    encoder.load_state_dict(read_module_state(path, "text_encoder"))
+    return encoder
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
