@@ -101,6 +101,49 @@ def test_decoder_fine_tuning_keeps_the_latent_space(vae_run, tmp_path):
     assert (tuned.mean, tuned.std) == (init.mean, init.std)
 
 
+def test_vae_export_at_a_step_is_the_file_a_run_stopped_there_writes(vae_run, tmp_path, capsys):
+    """`asd-train export --step` on a VAE run: the reference is a run of exactly that many steps,
+    whose finished export measured its own latent statistics; --raw (no EMA here) is refused."""
+    longer = tmp_path / "longer"
+    assert train("vae.yaml", longer, "max_steps=2", "save_every=1", "batch_size=1", "clip_frames=5",
+                 "stats_clips=2", *TINY_VIDEO) == 0
+    out = tmp_path / "step1" / "vae.safetensors"
+    assert main(["export", str(longer), "--step", "1", "--out", str(out)]) == 0
+    shorter = tmp_path / "shorter"
+    assert train("vae.yaml", shorter, "max_steps=1", "batch_size=1", "clip_frames=5", "stats_clips=2",
+                 *TINY_VIDEO) == 0
+    exported, reference = LatentCodec.load(out), LatentCodec.load(shorter / "model.safetensors")
+    assert (exported.mean, exported.std) == (reference.mean, reference.std)
+    weights, expected = safetensors.torch.load_file(out), safetensors.torch.load_file(shorter / "model.safetensors")
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert not torch.equal(weights["decoder.conv_out.weight"], safetensors.torch.load_file(
+        longer / "model.safetensors")["decoder.conv_out.weight"])  # step 1, not the finished step 2
+    capsys.readouterr()
+    assert main(["export", str(longer), "--step", "1", "--raw", "--out", str(tmp_path / "raw.safetensors")]) == 2
+    assert "no EMA" in capsys.readouterr().err
+
+
+def test_decoder_fine_tune_export_at_a_step_keeps_inits_statistics(vae_run, tmp_path, capsys):
+    """A decoder fine-tune's export keeps `init`'s latent statistics, at any step; once `init` is
+    gone the export says which file it needs instead of measuring statistics of its own."""
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "model.safetensors").write_bytes((vae_run / "model.safetensors").read_bytes())
+    tuned = tmp_path / "tuned"
+    assert train("vae.yaml", tuned, f"init={init}", "freeze_encoder=true", "max_steps=2", "save_every=1",
+                 "batch_size=1", "clip_frames=9", "stats_clips=2", *TINY_VIDEO) == 0
+    out = tmp_path / "tuned_step1.safetensors"
+    assert main(["export", str(tuned), "--step", "1", "--out", str(out)]) == 0
+    codec, original = LatentCodec.load(out), LatentCodec.load(vae_run / "model.safetensors")
+    assert (codec.mean, codec.std) == (original.mean, original.std)
+    (init / "model.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["export", str(tuned), "--step", "1", "--out", str(tmp_path / "again.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert str(init) in err and "restore" in err
+    assert not (tmp_path / "again.safetensors").exists()
+
+
 def test_teacher_stage_exports_model_and_text_encoder(vae_run, tmp_path, capsys):
     out = tmp_path / "teacher"
     assert train("teacher.yaml", out, *teacher_args(vae_run, 2), "sample_cfg=2.5") == 0

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(argv: list[str]) -> int:
     """Copy a finished run's exported model (EMA weights, config + plan in metadata) to --out,
-    or with --step write the same from the checkpoint at that step, or with --raw the trained
-    network instead of its EMA (trainer/export.py)."""
+    or with --step write the same from the checkpoint at that step (any stage, the VAE's too),
+    or with --raw the trained network instead of its EMA (trainer/export.py)."""
     parser = argparse.ArgumentParser(prog="asd-train export")
     parser.add_argument("run_dir")
     parser.add_argument("--out", required=True, help="destination .safetensors")

@@ -11,6 +11,10 @@ finished run's export does: asd-eval and the loader pair a model with the encode
 `raw=True` writes the trained network itself instead of its EMA, with `asd.ema_decay` "0.0":
 the file a run with `ema_decay=0` would have exported, since the EMA feeds nothing back into
 training (tested). It lets a finished run be scored without its average, at no training cost.
+
+A VAE run (no EMA, no transformer) is exported by its own stage: rebuilt from the config the
+checkpoint saved, given that step's weights, it writes the file its finished run would have,
+latent statistics included (measured, or `init`'s for a decoder fine-tune).
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from asd_core.checkpoint import save_checkpoint
 from asd_core.config import CausalWanConfig
 from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 
+from .config import build_config
+from .dist import Runtime
 from .run_files import CHECKPOINTS
 from .stages.base import TEXT_ENCODER_FILE
+from .stages.common import resolve_model_file
+from .stages.vae import VaeStage
 from .state import PREFIX, Checkpointer, read_meta, read_module_state
 
 
@@ -55,10 +63,14 @@ def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = Fal
     path = checkpoint_at(Path(run_dir), step)
     meta = read_meta(path)
     extra = meta["extra"]
+    stage = extra.get("config", {}).get("stage", "?")
+    if stage == "vae":
+        if raw:
+            raise ValueError("a VAE run keeps no EMA, so --raw has nothing to choose: drop it")
+        return _export_vae(path, extra["config"], out)
     if "model_config" not in extra:
-        stage = extra.get("config", {}).get("stage", "?")
-        raise ValueError(f"{path} is a '{stage}' checkpoint: only teacher, ode_init and distill runs hold a "
-                         "transformer to export")
+        raise ValueError(f"{path} is a '{stage}' checkpoint: only vae, teacher, ode_init and distill runs "
+                         "hold a model to export")
     if "export_metadata" not in extra:  # the stage records what its export writes; older checkpoints did not
         raise ValueError(f"{path} predates `export --step` (no export_metadata): resume the run past its next "
                          "save, or export the finished run without --step")
@@ -76,6 +88,20 @@ def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = Fal
     if encoder is not None:
         encoder.save(target)
     return written
+
+
+def _export_vae(path: Path, saved_config: dict, out: str | Path) -> Path:
+    """The VAE file the run's own export writes, from the checkpoint at `path`, on the CPU."""
+    config = build_config(saved_config)
+    if config.init:
+        try:
+            resolve_model_file(config.init)
+        except ValueError:
+            raise ValueError(f"{path} fine-tunes {config.init}, which is gone: its export keeps that VAE's "
+                             "latent statistics, so restore that file (or export the finished run)") from None
+    stage = VaeStage(config, Runtime())
+    stage.vae.load_state_dict(read_module_state(path, "vae"))
+    return stage.export(Path(out))
 
 
 def _text_encoder_at(path: Path, meta: dict, config: CausalWanConfig) -> ToyTextEncoder | None:
