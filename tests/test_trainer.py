@@ -101,7 +101,7 @@ def test_decoder_fine_tuning_keeps_the_latent_space(vae_run, tmp_path):
     assert (tuned.mean, tuned.std) == (init.mean, init.std)
 
 
-def test_vae_export_at_a_step_is_the_file_a_run_stopped_there_writes(vae_run, tmp_path, capsys):
+def test_vae_export_at_a_step_is_the_file_a_run_stopped_there_writes(tmp_path, capsys):
     """`asd-train export --step` on a VAE run: the reference is a run of exactly that many steps,
     whose finished export measured its own latent statistics; --raw (no EMA here) is refused."""
     longer = tmp_path / "longer"
