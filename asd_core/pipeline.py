@@ -2,8 +2,9 @@
 
 `Pipeline.load` is what `asd-generate` (and any script) calls: a checkpoint of any layout, or
 the built-in default, plus a text encoder (a umt5 folder for real Wan, or a toy encoder file)
-and a VAE (anything `vae.load_codec` reads). Pieces not given come from the built-in default,
-and the three are checked to fit each other before anything runs.
+and a VAE (anything `vae.load_codec` reads). A toy checkpoint's own text encoder, written
+beside it by `asd-train export`, is used unless another is given; pieces not given come from
+the built-in default, and the three are checked to fit each other before anything runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+TEXT_ENCODER_BESIDE = "text_encoder.safetensors"  # where an export puts the toy encoder trained with it
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Pipeline:
         if (family or lora) and not checkpoint:
             raise ValueError("family= and lora= describe a checkpoint file: pass checkpoint= too (the built-in "
                              "default is its own family)")
+        beside = text_encoder_beside(checkpoint) if checkpoint and not text_encoder else None
+        text_encoder = text_encoder or beside
         default = None
         if not (checkpoint and text_encoder and vae):
             from .toy.defaults import load_default_pipeline
@@ -55,10 +60,25 @@ class Pipeline:
         else:
             codec = default.codec
         trained = default is None or default.trained
-        if checkpoint and default is not None and not (text_encoder or vae):
-            label += f", built-in toy text encoder and VAE{'' if default.trained else ' (UNTRAINED)'}"
+        if checkpoint and default is not None:
+            builtin = [name for name, given in (("text encoder", text_encoder), ("VAE", vae)) if not given]
+            if beside:
+                label += ", its text encoder beside it"
+            if builtin:
+                label += f", built-in toy {' and '.join(builtin)}{'' if default.trained else ' (UNTRAINED)'}"
         check_parts_fit(model, encoder, codec)
         return cls(model, encoder, codec, label, trained)
+
+
+def text_encoder_beside(checkpoint: str | Path) -> Path | None:
+    """The toy text encoder a teacher export writes next to its model file, if there.
+
+    A toy teacher trains its text encoder jointly, so a re-trained model only follows its prompts
+    with the encoder trained beside it; the built-in one would map the same words elsewhere.
+    """
+    file = Path(checkpoint)
+    beside = file.parent / TEXT_ENCODER_BESIDE
+    return beside if file.is_file() and beside.is_file() else None
 
 
 def load_text_encoder(path: str | Path, device) -> torch.nn.Module:

@@ -393,3 +393,35 @@ def test_unknown_prompt_words_get_one_warning_line_and_help_lists_the_vocabulary
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "the built-in default knows the words: a and red" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_toy_checkpoint_samples_with_the_text_encoder_exported_beside_it(tmp_path, capsys):
+    """A re-trained teacher's export writes its jointly trained encoder beside it; sampling it with
+    the built-in encoder instead maps the prompt's words to the wrong embeddings, silently."""
+    from asd_core.pipeline import Pipeline
+    from asd_core.toy.defaults import default_file
+    from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
+
+    shipped = load_default_pipeline(which="teacher")
+    run = tmp_path / "export"
+    run.mkdir()
+    checkpoint = save_checkpoint(run / "teacher.safetensors", shipped.model.state_dict(), toy_model_config())
+    torch.manual_seed(5)
+    own = ToyTextEncoder(ToyTextConfig(width=shipped.text_encoder.width))  # weights unlike the shipped encoder's
+    own.save(run / "text_encoder.safetensors")
+
+    pipeline = Pipeline.load(checkpoint)
+    assert "its text encoder beside it, built-in toy VAE" in pipeline.label
+    assert torch.equal(pipeline.text_encoder.encode("a red circle"), own.encode("a red circle"))
+
+    small = ["--frames", "9", "--plan", "4", "--seed", "1", "--prompt", "a red circle"]
+    videos = {}
+    for name, args in (("beside", []), ("flag", ["--text-encoder", str(run / "text_encoder.safetensors")]),
+                       ("builtin", ["--text-encoder", str(default_file("text_encoder"))])):
+        out = tmp_path / f"{name}.gif"
+        assert main(["--checkpoint", str(checkpoint), "--out", str(out), *small, *args]) == 0  # a toy file needs no --vae
+        videos[name] = read_video(out)
+    assert "its text encoder beside it" in capsys.readouterr().out
+    assert videos["beside"].shape == (9, 64, 64, 3)  # toy sizes: the toy encoder file is not a umt5 folder
+    assert np.array_equal(videos["beside"], videos["flag"])
+    assert not np.array_equal(videos["beside"], videos["builtin"])

@@ -19,7 +19,7 @@ def test_builtin_default_and_a_file_with_the_builtin_encoder_and_vae(tmp_path):
 
     path = save_checkpoint(tmp_path / "mine.safetensors", builtin.model.float().state_dict(), builtin.model.config)
     mine = Pipeline.load(path, text_encoder=default_file("text_encoder"))
-    assert mine.label == "mine.safetensors"  # its own text encoder named: no built-in note
+    assert mine.label == "mine.safetensors, built-in toy VAE"  # every built-in part it samples with is named
     assert Pipeline.load(path).label == "mine.safetensors, built-in toy text encoder and VAE"
     assert mine.text_encoder.width == TOY.text_dim
 

@@ -146,7 +146,7 @@ def _vae_file(path: str | None) -> Path:
 def _load(args):
     """(pipeline, label, guidance) for --checkpoint or the shipped --model: the toy files, then `Pipeline.load`."""
     from ..checkpoint import check_checkpoint_path, recorded_guidance
-    from ..pipeline import Pipeline
+    from ..pipeline import Pipeline, text_encoder_beside
     from ..toy.defaults import default_file
 
     if args.checkpoint:
@@ -155,9 +155,8 @@ def _load(args):
             check_checkpoint_path(file)  # a folder is reported as a folder (with the files in it), not as missing
         if not file.is_file():
             raise FileNotFoundError(f"--checkpoint {file}: no such file")
-        beside = file.parent / "text_encoder.safetensors"
-        text_file = Path(args.text_encoder) if args.text_encoder else (beside if beside.is_file()
-                                                                        else default_file("text_encoder"))
+        text_file = Path(args.text_encoder) if args.text_encoder else (text_encoder_beside(file)
+                                                                        or default_file("text_encoder"))
     else:
         file = default_file(args.model)
         if not file.is_file():

@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="transformer dtype (default: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--text-encoder", help="local umt5-xxl folder for real Wan checkpoints")
+    p.add_argument("--text-encoder", help="local umt5-xxl folder for real Wan checkpoints, or a toy text encoder "
+                                          ".safetensors (default for a toy --checkpoint: text_encoder.safetensors "
+                                          "beside it, which asd-train export writes, else the built-in one)")
     p.add_argument("--vae", help="local Wan 2.1 VAE (diffusers folder or Wan2.1_VAE.pth / .safetensors)")
     p.add_argument("--out", default="out/asd.mp4", help=f"output file, {' / '.join(VIDEO_EXTENSIONS)} "
                                                         "(default %(default)s; folders are created)")
@@ -150,14 +152,15 @@ def generate(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file or folder")
-    if args.text_encoder and not args.vae:
+    umt5 = bool(args.text_encoder) and not Path(args.text_encoder).is_file()  # a file is a toy encoder
+    if umt5 and not args.vae:
         raise ValueError("--text-encoder (umt5 for real Wan) needs --vae too: the Wan 2.1 VAE the model's latents belong to")
     device, dtype = device_and_dtype(args.device, args.dtype)
 
     # The model's config and metadata from the file header alone: the request is checked against
     # them (frames, sizes, RoPE limits, memory) before any weights are loaded.
     config, metadata, source = _model_header(args)
-    sizes = WAN_SIZES if args.text_encoder else TOY_SIZES
+    sizes = WAN_SIZES if umt5 else TOY_SIZES
     frames = args.frames if args.frames is not None else sizes["frames"]
     width = args.width if args.width is not None else sizes["width"]
     height = args.height if args.height is not None else sizes["height"]
