@@ -81,10 +81,16 @@ def text_encoder_beside(checkpoint: str | Path) -> Path | None:
     return beside if file.is_file() and beside.is_file() else None
 
 
+def is_toy_text_encoder(path: str | Path) -> bool:
+    """A toy encoder is one `.safetensors` file; real Wan's umt5 is a folder (weights + tokenizer)."""
+    path = Path(path)
+    return path.is_file() and path.suffix == ".safetensors"
+
+
 def load_text_encoder(path: str | Path, device) -> torch.nn.Module:
     """A umt5 folder (real Wan; bf16 on a GPU, float32 on the CPU) or a toy encoder `.safetensors`."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
+    if is_toy_text_encoder(path):
         from .toy.text_encoder import ToyTextEncoder
 
         return ToyTextEncoder.load(path, device=device)

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..devices import DTYPES, resolve_device, resolve_dtype
+from ..pipeline import is_toy_text_encoder
 from ..request import CLI_NAMES, check_request, check_seed
 from ..samplers import NAMES as SAMPLER_NAMES
 from ..schedule import StepPlan, parse_plan
@@ -152,7 +153,7 @@ def generate(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value and not Path(value).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {value}: no such file or folder")
-    umt5 = bool(args.text_encoder) and not Path(args.text_encoder).is_file()  # a file is a toy encoder
+    umt5 = bool(args.text_encoder) and not is_toy_text_encoder(args.text_encoder)  # as Pipeline.load will read it
     if umt5 and not args.vae:
         raise ValueError("--text-encoder (umt5 for real Wan) needs --vae too: the Wan 2.1 VAE the model's latents belong to")
     device, dtype = device_and_dtype(args.device, args.dtype)
