@@ -1,14 +1,17 @@
-"""Why the shipped teacher barely follows its captions: three cheap checks, one per suspect link.
+"""Why the teacher barely follows its captions: cheap checks, one or more per suspect link.
 
     python -m research.quality_causes vae        # the VAE round trip: which classes survive it
     python -m research.quality_causes text       # the text encoder: do its embeddings name colours and shapes?
     python -m research.quality_causes teacher    # the teacher: does its output depend on the caption?
     python -m research.quality_causes frames     # the teacher per latent frame: latents and empty frames
     python -m research.quality_causes persist    # which captioned shapes the teacher keeps: by size, kind, count
+    python -m research.quality_causes binding    # one- vs two-shape captions: are colours bound to shapes?
+    python -m research.quality_causes sampler    # the teacher's videos by the re-noise sampler and by the ODE
     python -m research.quality_causes latent     # does the VAE's latent hold shape kinds its decoder loses?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
 runs in 1-3 minutes on one thread (latent: about 8); evaluation seed 0's captions and videos unless named.
+The teacher checks take --checkpoint, a teacher export (asd-train export), for the shipped teacher.
 - vae: 32 real videos through the shipped VAE; per colour, where the shape pixels land in the
   evaluator's pixel classes, and per captioned kind what the evaluator reads after the trip.
 - text: a ridge probe from the mean-pooled (L, 64) embedding to the caption's colours, kinds and
@@ -23,6 +26,13 @@ runs in 1-3 minutes on one thread (latent: about 8); evaluation seed 0's caption
 - persist: on evaluation seed 0 (as asd-eval), the share of frames in which each captioned shape
   has a significant blob of its colour, by the shape's size, kind and the caption's shape count,
   for the teacher and the VAE round trip: do small shapes (few latent cells) vanish first?
+- binding: "a C circle" for the 7 colours and "a C circle and a D square" for 10 colour pairs,
+  --seeds noises each: per frame, the share showing each named colour, both at once, a colour
+  not named, and colours per frame. Colours bound to shapes: a second colour word brings no
+  unnamed colour; blended: it does (finding 13).
+- sampler: evaluation seed 0's captions from the same noise, sampled by the few-step sampler asd-eval
+  uses (predict x0, re-noise with fresh noise, 50 times) and by the Euler ODE the ode_init stage
+  records its trajectories with; each scored by the evaluator.
 - latent: a probe reads each shape's kind (circle / square / triangle) from what lies around its
   centre: the shipped encoder's latent cells; the pixels' averages over the same cells (8x8
   pixels and the pixel frames the latent frame covers: what the grid keeps with no learning);
@@ -42,18 +52,29 @@ import torch.nn.functional as F
 
 from asd_core.cli.evaluate import _load, build_parser
 from asd_core.losses import add_noise, flow_matching_loss
-from asd_core.sampler import sample_video
-from asd_core.schedule import parse_plan, sigma_to_timestep
+from asd_core.sampler import draw_noise, sample_video
+from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep
 from asd_core.toy.defaults import TOY, default_file
 from asd_core.toy.domain import COLOURS, KINDS, caption, make_batch, parse_caption, sample_video_spec, trajectory
 from asd_core.toy.measures import NO_SHAPE, analyse, caption_pairs, segment
-from asd_core.toy.model_eval import EVAL_STREAM, eval_captions, generate_videos, to_uint8, vae_round_trip
+from asd_core.toy.model_eval import EVAL_STREAM, NOISE_STRIDE, eval_captions, generate_videos, to_uint8, vae_round_trip
+from asd_core.toy.scores import evaluate_videos
 from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.toy.thresholds import default_min_area
 from asd_core.vae import load_codec, pixels_to_video, video_to_pixels
+from trainer.rollout import teacher_trajectory
 from trainer.stages.data import TRAIN_STREAM
 
 CLASS_NAMES = ("background", *COLOURS)
+# Two-shape captions of the binding check: the README's pair first, then every colour once or more.
+BINDING_PAIRS = (("red", "blue"), ("green", "yellow"), ("magenta", "cyan"), ("white", "red"), ("blue", "green"),
+                 ("yellow", "magenta"), ("cyan", "white"), ("red", "yellow"), ("green", "magenta"), ("blue", "cyan"))
+
+
+def _teacher(checkpoint: str = ""):
+    """(pipeline, label, guidance) of a teacher export (its text encoder beside it) or the shipped teacher."""
+    args = ["--checkpoint", checkpoint] if checkpoint else ["--model", "teacher"]
+    return _load(build_parser().parse_args(args))
 
 
 def check_vae(num: int) -> None:
@@ -144,9 +165,9 @@ def check_text(num: int = 500, train: int = 300) -> None:
               f"word, read from that word's token alone: {bound:.3f} [1/3]")
 
 
-def check_teacher(num: int, seeds: int) -> None:
+def check_teacher(num: int, seeds: int, checkpoint: str = "") -> None:
     torch.manual_seed(0)
-    pipeline, _, cfg = _load(build_parser().parse_args(["--model", "teacher"]))
+    pipeline, _, cfg = _teacher(checkpoint)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     print(f"flow-matching loss on real latents ({num} clips, same noise per row), caption: right / shuffled / empty")
     for stream, label in ((EVAL_STREAM, "held-out clips"), (TRAIN_STREAM, "training pool")):
@@ -189,8 +210,8 @@ def check_teacher(num: int, seeds: int) -> None:
           "captioned colour: " + ", ".join(f"{c} {a:.2f}/{g:.2f}/{e:.2f}" for c, (a, g, e) in zip(COLOURS, blobs)))
 
 
-def check_frames(num: int) -> None:
-    pipeline, _, cfg = _load(build_parser().parse_args(["--model", "teacher"]))
+def check_frames(num: int, checkpoint: str = "") -> None:
+    pipeline, _, cfg = _teacher(checkpoint)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     captions = eval_captions(num, 0)
     videos, _ = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
@@ -215,8 +236,8 @@ def check_frames(num: int) -> None:
               f"{g.abs().mean():.3f}; empty {empty[a:b + 1].mean():.3f}")
 
 
-def check_persist(num: int) -> None:
-    pipeline, _, cfg = _load(build_parser().parse_args(["--model", "teacher"]))
+def check_persist(num: int, checkpoint: str = "") -> None:
+    pipeline, _, cfg = _teacher(checkpoint)
     specs = [sample_video_spec(EVAL_STREAM, i, TOY.pixel_frames, TOY.height, TOY.width) for i in range(num)]
     captions = eval_captions(num, 0)
     assert captions == [caption(spec) for spec in specs]
@@ -241,6 +262,70 @@ def check_persist(num: int) -> None:
             vals = [v for sh, n, v in kept if test(sh, n)]
             cells.append(f"{label} {np.mean(vals):.2f} ({len(vals)})")
         print(f"  {name}: " + ", ".join(cells))
+
+
+def binding_shares(videos: np.ndarray, named: list[tuple[str, ...]]) -> dict[str, float]:
+    """Per frame, which colours show as a significant blob, against the colours each video's caption names.
+
+    named: per video, its caption's colours. Returns the share of frames that show each named colour
+    (averaged over named colours), all named colours at once, a colour not named, and the shapes
+    (significant blobs) per frame.
+    """
+    area = default_min_area(videos.shape[2], videos.shape[3])
+    each, every, other, shapes = [], [], [], []
+    for video, colours in zip(videos, named):
+        shown = analyse(video, area).count[:, 1:] > 0  # (frames, colours): a significant blob of that colour
+        idx = [COLOURS.index(c) for c in colours]
+        rest = [k for k in range(len(COLOURS)) if k not in idx]
+        each.append(shown[:, idx].mean())
+        every.append(shown[:, idx].all(1).mean())
+        other.append(shown[:, rest].any(1).mean())
+        shapes.append(shown.sum(1).mean())
+    return {"named colour": float(np.mean(each)), "all named at once": float(np.mean(every)),
+            "a colour not named": float(np.mean(other)), "colours per frame": float(np.mean(shapes))}
+
+
+def check_binding(seeds: int, checkpoint: str = "") -> None:
+    pipeline, _, cfg = _teacher(checkpoint)
+    label = checkpoint or "the shipped teacher"
+    groups = {"one shape, 'a C circle'": [(c,) for c in COLOURS], "two shapes, 'a C circle and a D square'":
+              list(BINDING_PAIRS)}
+    print(f"{label}: per frame, the colours shown as significant blobs ({seeds} noises per caption, 50 steps, "
+          f"CFG {cfg:g})")
+    for name, colour_sets in groups.items():
+        texts = [caption_of(colours) for colours in colour_sets for _ in range(seeds)]
+        named = [colours for colours in colour_sets for _ in range(seeds)]
+        noise = [j for _ in colour_sets for j in range(seeds)]
+        videos = generate_videos(pipeline.model, pipeline.text_encoder, pipeline.codec, texts, noise,
+                                 parse_plan("50"), cfg, batch=seeds)
+        shares = binding_shares(videos, named)
+        print(f"  {name} ({len(texts)} videos): " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
+
+
+def check_sampler(num: int, checkpoint: str = "") -> None:
+    pipeline, _, cfg = _teacher(checkpoint)
+    label = checkpoint or "the shipped teacher"
+    model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
+    captions = eval_captions(num, 0)
+    seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
+    renoised = generate_videos(model, enc, codec, captions, seeds, parse_plan("50"), cfg, batch=8)
+    shape = (num, model.config.in_channels, TOY.latent_frames, TOY.latent_height, TOY.latent_width)
+    noise = draw_noise(shape, [torch.Generator().manual_seed(s) for s in seeds])  # the sampler's first draw
+    with torch.no_grad():
+        _, x0 = teacher_trajectory(model, noise, enc.encode(captions), enc.encode([""]), cfg, (), 50, DEFAULT_SHIFT)
+        ode = to_uint8(pixels_to_video(codec.decode(x0)))
+    keys = ("total", "quality", "semantic", "colour", "object_class", "multiple_objects", "empty_frames",
+            "sharpness", "flicker", "subject_consistency", "motion_smoothness")
+    print(f"{label}, {num} videos of evaluation seed 0, 50 steps at shift 5, CFG {cfg:g}, same starting noise")
+    print("  " + " " * 40 + "".join(f"{k[:12]:>13s}" for k in keys))
+    for name, videos in (("re-noise (asd-eval's sampler)", renoised), ("Euler ODE (ode_init's trajectories)", ode)):
+        scores = evaluate_videos(videos, captions)
+        print(f"  {name:40s}" + "".join(f"{scores[k]:13.3f}" for k in keys))
+
+
+def caption_of(colours: tuple[str, ...]) -> str:
+    """'a C circle' for one colour, 'a C circle and a D square' for two (kinds in KINDS order)."""
+    return " and ".join(f"a {c} {k}" for c, k in zip(colours, KINDS))
 
 
 PROBE_FRAMES = (0, 4, 8)  # latent frames; latent frame j ends at pixel frame 4j
@@ -334,9 +419,12 @@ def check_latent(vae: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "latent"))
+    p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "binding", "sampler",
+                                      "latent"))
     p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher)")
-    p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher)")
+    p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher) / per caption (binding)")
+    p.add_argument("--checkpoint", default="", help="teacher, frames, persist, binding, sampler: a teacher export "
+                                                    "(asd-train export; its text encoder beside it) for the shipped one")
     p.add_argument("--vae", default="", help="latent: another VAE file (a run's model.safetensors) than the shipped one")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -345,11 +433,15 @@ def main() -> None:
     elif args.check == "text":
         check_text()
     elif args.check == "teacher":
-        check_teacher(args.num, args.seeds)
+        check_teacher(args.num, args.seeds, args.checkpoint)
     elif args.check == "frames":
-        check_frames(args.num)
+        check_frames(args.num, args.checkpoint)
     elif args.check == "persist":
-        check_persist(args.num)
+        check_persist(args.num, args.checkpoint)
+    elif args.check == "binding":
+        check_binding(args.seeds, args.checkpoint)
+    elif args.check == "sampler":
+        check_sampler(args.num, args.checkpoint)
     else:
         check_latent(args.vae)
 
