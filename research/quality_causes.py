@@ -295,8 +295,8 @@ def check_binding(seeds: int, checkpoint: str = "") -> None:
     for name, colour_sets in groups.items():
         texts = [caption_of(colours) for colours in colour_sets for _ in range(seeds)]
         named = [colours for colours in colour_sets for _ in range(seeds)]
-        noise = [j for _ in colour_sets for j in range(seeds)]
-        videos = generate_videos(pipeline.model, pipeline.text_encoder, pipeline.codec, texts, noise,
+        noise_seeds = [j for _ in colour_sets for j in range(seeds)]
+        videos = generate_videos(pipeline.model, pipeline.text_encoder, pipeline.codec, texts, noise_seeds,
                                  parse_plan("50"), cfg, batch=seeds)
         shares = binding_shares(videos, named)
         print(f"  {name} ({len(texts)} videos): " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
@@ -421,7 +421,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "binding", "sampler",
                                       "latent"))
-    p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher)")
+    p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher, frames, persist, sampler)")
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher) / per caption (binding)")
     p.add_argument("--checkpoint", default="", help="teacher, frames, persist, binding, sampler: a teacher export "
                                                     "(asd-train export; its text encoder beside it) for the shipped one")
