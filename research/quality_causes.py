@@ -10,7 +10,8 @@
     python -m research.quality_causes latent     # does the VAE's latent hold shape kinds its decoder loses?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
-runs in 1-3 minutes on one thread (latent: about 8); evaluation seed 0's captions and videos unless named.
+runs in 1-3 minutes on one thread (latent: about 8; binding --seeds 4: about 5); evaluation
+seed 0's captions and videos unless named.
 The teacher checks take --checkpoint, a teacher export (asd-train export), for the shipped teacher.
 - vae: 32 real videos through the shipped VAE; per colour, where the shape pixels land in the
   evaluator's pixel classes, and per captioned kind what the evaluator reads after the trip.
