@@ -73,9 +73,13 @@ BINDING_PAIRS = (("red", "blue"), ("green", "yellow"), ("magenta", "cyan"), ("wh
 
 
 def _teacher(checkpoint: str = ""):
-    """(pipeline, label, guidance) of a teacher export (its text encoder beside it) or the shipped teacher."""
+    """(pipeline, label, guidance) of a teacher export (its text encoder beside it) or the shipped teacher.
+
+    The label is the export's path: asd-eval's names only the file, and every export is teacher.safetensors.
+    """
     args = ["--checkpoint", checkpoint] if checkpoint else ["--model", "teacher"]
-    return _load(build_parser().parse_args(args))
+    pipeline, _, cfg = _load(build_parser().parse_args(args))
+    return pipeline, checkpoint or "the shipped teacher", cfg
 
 
 def check_vae(num: int) -> None:
@@ -287,8 +291,7 @@ def binding_shares(videos: np.ndarray, named: list[tuple[str, ...]]) -> dict[str
 
 
 def check_binding(seeds: int, checkpoint: str = "") -> None:
-    pipeline, _, cfg = _teacher(checkpoint)
-    label = checkpoint or "the shipped teacher"
+    pipeline, label, cfg = _teacher(checkpoint)
     groups = {"one shape, 'a C circle'": [(c,) for c in COLOURS], "two shapes, 'a C circle and a D square'":
               list(BINDING_PAIRS)}
     print(f"{label}: per frame, the colours shown as significant blobs ({seeds} noises per caption, 50 steps, "
@@ -304,8 +307,7 @@ def check_binding(seeds: int, checkpoint: str = "") -> None:
 
 
 def check_sampler(num: int, checkpoint: str = "") -> None:
-    pipeline, _, cfg = _teacher(checkpoint)
-    label = checkpoint or "the shipped teacher"
+    pipeline, label, cfg = _teacher(checkpoint)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     captions = eval_captions(num, 0)
     seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
