@@ -56,7 +56,16 @@ from asd_core.losses import add_noise, flow_matching_loss
 from asd_core.sampler import draw_noise, sample_video
 from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep
 from asd_core.toy.defaults import TOY, default_file
-from asd_core.toy.domain import COLOURS, KINDS, caption, make_batch, parse_caption, sample_video_spec, trajectory
+from asd_core.toy.domain import (
+    COLOURS,
+    KINDS,
+    caption,
+    caption_of_pairs,
+    make_batch,
+    parse_caption,
+    sample_video_spec,
+    trajectory,
+)
 from asd_core.toy.measures import NO_SHAPE, analyse, caption_pairs, segment
 from asd_core.toy.model_eval import EVAL_STREAM, NOISE_STRIDE, eval_captions, generate_videos, to_uint8, vae_round_trip
 from asd_core.toy.scores import evaluate_videos
@@ -327,8 +336,8 @@ def check_sampler(num: int, checkpoint: str = "") -> None:
 
 
 def caption_of(colours: tuple[str, ...]) -> str:
-    """'a C circle' for one colour, 'a C circle and a D square' for two (kinds in KINDS order)."""
-    return " and ".join(f"a {c} {k}" for c, k in zip(colours, KINDS))
+    """'a C circle', 'a C circle and a D square', ...: one shape per colour, kinds in KINDS order."""
+    return caption_of_pairs(list(zip(colours, KINDS)))
 
 
 PROBE_FRAMES = (0, 4, 8)  # latent frames; latent frame j ends at pixel frame 4j

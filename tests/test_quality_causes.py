@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asd_core.toy.domain import ShapeSpec, VideoSpec, parse_caption, render
+from asd_core.toy.domain import KINDS, ShapeSpec, VideoSpec, caption, parse_caption, render
 from research.quality_causes import BINDING_PAIRS, binding_shares, caption_of
 
 
@@ -30,3 +30,7 @@ def test_binding_captions_are_captions_of_the_domain():
     for colours in BINDING_PAIRS:
         assert [c for c, _ in parse_caption(caption_of(colours))] == list(colours)
     assert caption_of(("red",)) == "a red circle"
+    three = caption_of(("red", "blue", "green"))
+    assert parse_caption(three) == list(zip(("red", "blue", "green"), KINDS))
+    assert three == caption(VideoSpec(tuple(ShapeSpec(c, k, 16.0, (12.0 + 20.0 * i, 32.0), (1.0, 0.0))
+                                            for i, (c, k) in enumerate(zip(("red", "blue", "green"), KINDS)))))

@@ -215,10 +215,12 @@ def sample_spec(
 
 def caption(spec: VideoSpec) -> str:
     """The caption of a video: "a red circle", "a red circle and a blue square", "A, B and C"."""
-    return _join([f"a {s.colour} {s.kind}" for s in spec.shapes])
+    return caption_of_pairs([(s.colour, s.kind) for s in spec.shapes])
 
 
-def _join(items: list[str]) -> str:
+def caption_of_pairs(pairs: list[tuple[str, str]]) -> str:
+    """The caption naming these (colour, kind) pairs in order, in the grammar `caption` writes."""
+    items = [f"a {colour} {kind}" for colour, kind in pairs]
     if len(items) == 1:
         return items[0]
     return ", ".join(items[:-1]) + " and " + items[-1]
@@ -240,7 +242,7 @@ def parse_caption(text: str) -> list[tuple[str, str]]:
         if len(words) != 3 or words[0] != "a" or words[1] not in COLOUR_RGB or words[2] not in KINDS:
             raise ValueError(f"cannot parse {item!r} in caption {text!r}: {_GRAMMAR}")
         pairs.append((words[1], words[2]))
-    if _join([f"a {c} {k}" for c, k in pairs]) != normal:  # joiners in the wrong places
+    if caption_of_pairs(pairs) != normal:  # joiners in the wrong places
         raise ValueError(f"caption {text!r} is not joined as the grammar says: {_GRAMMAR}")
     colours = [c for c, _ in pairs]
     if len(set(colours)) != len(colours):
