@@ -8,6 +8,7 @@
     python -m research.quality_causes binding    # one- vs two-shape captions: are colours bound to shapes?
     python -m research.quality_causes sampler    # the teacher's videos by the re-noise sampler and by the ODE
     python -m research.quality_causes latent     # does the VAE's latent hold shape kinds its decoder loses?
+    python -m research.quality_causes restore    # the teacher from real videos part-noised: where is the caption lost?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
 runs in 1-3 minutes on one thread (latent: about 8; binding --seeds 4: about 5); evaluation
@@ -41,6 +42,11 @@ The teacher checks take --checkpoint, a teacher export (asd-train export), for t
   latent frame 0 (one pixel frame) and latent frames 4 and 8 (four pixel frames each, the shape
   read where it is at the last). Latent far above round trip: the decoder drops kinds the
   latent holds; latent below the averages: the encoder does.
+- restore: evaluation seed 0's real videos, encoded, noised to sigma 0.25 ... 1 and denoised by the
+  teacher's Euler ODE (50 steps at shift 5, the rest of the grid below that sigma), each level
+  scored by the evaluator. Sigma 1 is generation (the sampler check's ODE row); a caption kept
+  from a part-noised layout but lost from noise means the teacher binds colours to shapes it is
+  shown and fails to lay them out; lost at every level, it does not bind them at all.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import torch.nn.functional as F
 from asd_core.cli.evaluate import _load, build_parser
 from asd_core.losses import add_noise, flow_matching_loss
 from asd_core.sampler import draw_noise, sample_video
-from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep
+from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep, timestep_to_sigma
 from asd_core.toy.defaults import TOY, default_file
 from asd_core.toy.domain import (
     COLOURS,
@@ -72,7 +78,7 @@ from asd_core.toy.scores import evaluate_videos
 from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.toy.thresholds import default_min_area
 from asd_core.vae import load_codec, pixels_to_video, video_to_pixels
-from trainer.rollout import teacher_trajectory
+from trainer.rollout import guided_flow, ode_grid, teacher_trajectory
 from trainer.stages.data import TRAIN_STREAM
 
 CLASS_NAMES = ("background", *COLOURS)
@@ -335,6 +341,39 @@ def check_sampler(num: int, checkpoint: str = "") -> None:
         print(f"  {name:40s}" + "".join(f"{scores[k]:13.3f}" for k in keys))
 
 
+RESTORE_SIGMAS = (0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def check_restore(num: int, checkpoint: str = "") -> None:
+    pipeline, label, cfg = _teacher(checkpoint)
+    model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
+    real, captions = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
+    assert captions == eval_captions(num, 0)
+    with torch.no_grad():
+        clean = torch.cat([codec.encode(video_to_pixels(torch.from_numpy(real[lo:lo + 8]).float() / 255.0))
+                           for lo in range(0, num, 8)])
+        context, uncond = enc.encode(captions), enc.encode([""])
+    noise = draw_noise(clean.shape, [torch.Generator().manual_seed(NOISE_STRIDE * 0 + i) for i in range(num)])
+    keys = ("total", "semantic", "colour", "object_class", "multiple_objects", "empty_frames", "sharpness")
+    print(f"{label}: {num} real videos of evaluation seed 0 noised to sigma, then the teacher's Euler ODE "
+          f"(50-step grid at shift {DEFAULT_SHIFT:g}, CFG {cfg:g})")
+    print("  " + " " * 10 + "".join(f"{k[:12]:>13s}" for k in keys))
+    full = ode_grid((), 50, DEFAULT_SHIFT)
+    for sigma in RESTORE_SIGMAS:
+        start = sigma_to_timestep(sigma)
+        grid = [start] + [t for t in full if t < start]
+        videos = []
+        for lo in range(0, num, 8):
+            x = (1 - sigma) * clean[lo:lo + 8] + sigma * noise[lo:lo + 8]
+            with torch.no_grad():
+                for t, t_next in zip(grid[:-1], grid[1:]):
+                    flow = guided_flow(model, x.to(model.dtype), t, context[lo:lo + 8], uncond, cfg)
+                    x = x + (timestep_to_sigma(t_next) - timestep_to_sigma(t)) * flow
+                videos.append(to_uint8(pixels_to_video(codec.decode(x.float()))))
+        scores = evaluate_videos(np.concatenate(videos), captions)
+        print(f"  sigma {sigma:<4g}" + "".join(f"{scores[k]:13.3f}" for k in keys))
+
+
 def caption_of(colours: tuple[str, ...]) -> str:
     """'a C circle', 'a C circle and a D square', ...: one shape per colour, kinds in KINDS order."""
     return caption_of_pairs(list(zip(colours, KINDS)))
@@ -432,10 +471,10 @@ def check_latent(vae: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "binding", "sampler",
-                                      "latent"))
-    p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher, frames, persist, sampler)")
+                                      "latent", "restore"))
+    p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher, frames, persist, sampler, restore)")
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher) / per caption (binding)")
-    p.add_argument("--checkpoint", default="", help="teacher, frames, persist, binding, sampler: a teacher export "
+    p.add_argument("--checkpoint", default="", help="teacher, frames, persist, binding, sampler, restore: a teacher export "
                                                     "(asd-train export; its text encoder beside it) for the shipped one")
     p.add_argument("--vae", default="", help="latent: another VAE file (a run's model.safetensors) than the shipped one")
     args = p.parse_args()
@@ -454,6 +493,8 @@ def main() -> None:
         check_binding(args.seeds, args.checkpoint)
     elif args.check == "sampler":
         check_sampler(args.num, args.checkpoint)
+    elif args.check == "restore":
+        check_restore(args.num, args.checkpoint)
     else:
         check_latent(args.vae)
 
