@@ -42,7 +42,7 @@ The teacher checks take --checkpoint, a teacher export (asd-train export), for t
   latent frame 0 (one pixel frame) and latent frames 4 and 8 (four pixel frames each, the shape
   read where it is at the last). Latent far above round trip: the decoder drops kinds the
   latent holds; latent below the averages: the encoder does.
-- restore: evaluation seed 0's real videos, encoded, noised to sigma 0.25 ... 1 and denoised by the
+- restore: evaluation seed 0's real videos, encoded, noised to sigma 0 (the round trip) ... 1 and denoised by the
   teacher's Euler ODE (50 steps at shift 5, the rest of the grid below that sigma), each level
   scored by the evaluator. Sigma 1 is generation (the sampler check's ODE row); a caption kept
   from a part-noised layout but lost from noise means the teacher binds colours to shapes it is
@@ -341,7 +341,7 @@ def check_sampler(num: int, checkpoint: str = "") -> None:
         print(f"  {name:40s}" + "".join(f"{scores[k]:13.3f}" for k in keys))
 
 
-RESTORE_SIGMAS = (0.25, 0.5, 0.75, 0.9, 1.0)
+RESTORE_SIGMAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)  # 0: the VAE round trip, the ceiling
 
 
 def check_restore(num: int, checkpoint: str = "") -> None:
