@@ -8,6 +8,7 @@
     python -m research.quality_causes binding    # one- vs two-shape captions: are colours bound to shapes?
     python -m research.quality_causes sampler    # the teacher's videos by the re-noise sampler and by the ODE
     python -m research.quality_causes latent     # does the VAE's latent hold shape kinds its decoder loses?
+    python -m research.quality_causes geometry   # how far each colour's latent lies from the background's
     python -m research.quality_causes restore    # the teacher from real videos part-noised: where is the caption lost?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
@@ -42,6 +43,11 @@ The teacher checks take --checkpoint, a teacher export (asd-train export), for t
   latent frame 0 (one pixel frame) and latent frames 4 and 8 (four pixel frames each, the shape
   read where it is at the last). Latent far above round trip: the decoder drops kinds the
   latent holds; latent below the averages: the encoder does.
+- geometry: one 16-pixel circle per colour (and a blank video) through the encoder; per colour,
+  the distance of its latent from the blank video's in the transformer's normalised units, in
+  latent frame 0 and averaged over frames 1-8; and per channel, the posterior's std against the
+  channel's std over clips (near 1: a channel the decoder learnt to read through noise). A colour
+  close to the background in the latent is a small target for the teacher (finding 20). --vae.
 - restore: evaluation seed 0's real videos, encoded, noised to sigma 0 (the round trip) ... 1 and denoised by the
   teacher's Euler ODE (50 steps at shift 5, the rest of the grid below that sigma), each level
   scored by the evaluator. Sigma 1 is generation (the sampler check's ODE row); a caption kept
@@ -63,12 +69,16 @@ from asd_core.sampler import draw_noise, sample_video
 from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep, timestep_to_sigma
 from asd_core.toy.defaults import TOY, default_file
 from asd_core.toy.domain import (
+    BACKGROUND_RGB,
     COLOURS,
     KINDS,
+    ShapeSpec,
+    VideoSpec,
     caption,
     caption_of_pairs,
     make_batch,
     parse_caption,
+    render,
     sample_video_spec,
     trajectory,
 )
@@ -449,6 +459,24 @@ def _probe_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return ridge, mlp_accuracy
 
 
+def check_geometry(vae: str) -> None:
+    codec = load_codec(vae or default_file("vae"))
+    videos = [render(VideoSpec((ShapeSpec(c, "circle", 16.0, (32.0, 32.0), (1.0, 1.0)),)), frames=TOY.pixel_frames)
+              for c in COLOURS]
+    videos.append(np.broadcast_to(np.array(BACKGROUND_RGB, dtype=np.uint8), videos[0].shape).copy())
+    real, _ = make_batch(EVAL_STREAM, 8, TOY.pixel_frames, TOY.height, TOY.width)
+    with torch.no_grad():
+        z = codec.encode(video_to_pixels(torch.from_numpy(np.stack(videos)).float() / 255.0))
+        posterior = codec.vae.encode(video_to_pixels(torch.from_numpy(real).float() / 255.0)).latent_dist
+    gap = (z[:-1] - z[-1:]).pow(2).sum(dim=(1, 3, 4)).sqrt()  # (colours, latent frames)
+    print(f"{vae or 'the shipped VAE'}: distance of a 16-px circle's latent from a blank video's (normalised units)")
+    print("  " + " " * 10 + "".join(f"{c:>9s}" for c in COLOURS))
+    print("  frame 0   " + "".join(f"{g:9.1f}" for g in gap[:, 0].tolist()))
+    print("  frames 1-8" + "".join(f"{g:9.1f}" for g in gap[:, 1:].mean(1).tolist()))
+    ratio = posterior.std.mean(dim=(0, 2, 3, 4)) / torch.tensor(codec.vae.config.latents_std)
+    print("posterior std / channel std over clips, per channel: " + " ".join(f"{r:.2f}" for r in ratio.tolist()))
+
+
 def check_latent(vae: str) -> None:
     codec = load_codec(vae or default_file("vae"))
     train = _kind_features((EVAL_STREAM + 300, 0), 300, codec)
@@ -471,12 +499,13 @@ def check_latent(vae: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("check", choices=("vae", "text", "teacher", "frames", "persist", "binding", "sampler",
-                                      "latent", "restore"))
+                                      "latent", "restore", "geometry"))
     p.add_argument("--num", type=int, default=32, help="videos / clips (vae, teacher, frames, persist, sampler, restore)")
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher) / per caption (binding)")
     p.add_argument("--checkpoint", default="", help="teacher, frames, persist, binding, sampler, restore: a teacher export "
                                                     "(asd-train export; its text encoder beside it) for the shipped one")
-    p.add_argument("--vae", default="", help="latent: another VAE file (a run's model.safetensors) than the shipped one")
+    p.add_argument("--vae", default="", help="latent, geometry: another VAE file (a run's model.safetensors) "
+                                             "than the shipped one")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.check == "vae":
@@ -495,6 +524,8 @@ def main() -> None:
         check_sampler(args.num, args.checkpoint)
     elif args.check == "restore":
         check_restore(args.num, args.checkpoint)
+    elif args.check == "geometry":
+        check_geometry(args.vae)
     else:
         check_latent(args.vae)
 
