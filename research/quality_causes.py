@@ -14,7 +14,8 @@
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
 runs in 1-3 minutes on one thread (latent: about 8; binding --seeds 4: about 5); evaluation
 seed 0's captions and videos unless named.
-The teacher checks take --checkpoint, a teacher export (asd-train export), for the shipped teacher.
+The teacher checks take --checkpoint, a teacher export (asd-train export), for the shipped teacher,
+and --vae, the VAE it was trained on, for the shipped one.
 - vae: 32 real videos through the shipped VAE; per colour, where the shape pixels land in the
   evaluator's pixel classes, and per captioned kind what the evaluator reads after the trip.
 - text: a ridge probe from the mean-pooled (L, 64) embedding to the caption's colours, kinds and
@@ -97,19 +98,20 @@ BINDING_PAIRS = (("red", "blue"), ("green", "yellow"), ("magenta", "cyan"), ("wh
                  ("yellow", "magenta"), ("cyan", "white"), ("red", "yellow"), ("green", "magenta"), ("blue", "cyan"))
 
 
-def _teacher(checkpoint: str = ""):
-    """(pipeline, label, guidance) of a teacher export (its text encoder beside it) or the shipped teacher.
+def _teacher(checkpoint: str = "", vae: str = ""):
+    """(pipeline, label, guidance) of a teacher export (its text encoder beside it) or the shipped teacher,
+    decoding through `vae` (a teacher trained on another VAE's latents) or the shipped VAE.
 
     The label is the export's path: asd-eval's names only the file, and every export is teacher.safetensors.
     """
     args = ["--checkpoint", checkpoint] if checkpoint else ["--model", "teacher"]
-    pipeline, _, cfg = _load(build_parser().parse_args(args))
+    pipeline, _, cfg = _load(build_parser().parse_args(args + (["--vae", vae] if vae else [])))
     return pipeline, checkpoint or "the shipped teacher", cfg
 
 
-def check_vae(num: int) -> None:
+def check_vae(num: int, vae: str = "") -> None:
     videos, captions = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
-    trip = vae_round_trip(videos, load_codec(default_file("vae")), batch=8)
+    trip = vae_round_trip(videos, load_codec(vae or default_file("vae")), batch=8)
     truth, seen = segment(videos), segment(trip)
     print("shape pixels after the round trip, per true colour: same class / other colour / background / "
           "unassigned (pixels)")
@@ -195,9 +197,9 @@ def check_text(num: int = 500, train: int = 300) -> None:
               f"word, read from that word's token alone: {bound:.3f} [1/3]")
 
 
-def check_teacher(num: int, seeds: int, checkpoint: str = "") -> None:
+def check_teacher(num: int, seeds: int, checkpoint: str = "", vae: str = "") -> None:
     torch.manual_seed(0)
-    pipeline, _, cfg = _teacher(checkpoint)
+    pipeline, _, cfg = _teacher(checkpoint, vae)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     print(f"flow-matching loss on real latents ({num} clips, same noise per row), caption: right / shuffled / empty")
     for stream, label in ((EVAL_STREAM, "held-out clips"), (TRAIN_STREAM, "training pool")):
@@ -240,8 +242,8 @@ def check_teacher(num: int, seeds: int, checkpoint: str = "") -> None:
           "captioned colour: " + ", ".join(f"{c} {a:.2f}/{g:.2f}/{e:.2f}" for c, (a, g, e) in zip(COLOURS, blobs)))
 
 
-def check_frames(num: int, checkpoint: str = "") -> None:
-    pipeline, _, cfg = _teacher(checkpoint)
+def check_frames(num: int, checkpoint: str = "", vae: str = "") -> None:
+    pipeline, _, cfg = _teacher(checkpoint, vae)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     captions = eval_captions(num, 0)
     videos, _ = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
@@ -266,8 +268,8 @@ def check_frames(num: int, checkpoint: str = "") -> None:
               f"{g.abs().mean():.3f}; empty {empty[a:b + 1].mean():.3f}")
 
 
-def check_persist(num: int, checkpoint: str = "") -> None:
-    pipeline, _, cfg = _teacher(checkpoint)
+def check_persist(num: int, checkpoint: str = "", vae: str = "") -> None:
+    pipeline, _, cfg = _teacher(checkpoint, vae)
     specs = [sample_video_spec(EVAL_STREAM, i, TOY.pixel_frames, TOY.height, TOY.width) for i in range(num)]
     captions = eval_captions(num, 0)
     assert captions == [caption(spec) for spec in specs]
@@ -315,8 +317,8 @@ def binding_shares(videos: np.ndarray, named: list[tuple[str, ...]]) -> dict[str
             "a colour not named": float(np.mean(other)), "colours per frame": float(np.mean(shapes))}
 
 
-def check_binding(seeds: int, checkpoint: str = "") -> None:
-    pipeline, label, cfg = _teacher(checkpoint)
+def check_binding(seeds: int, checkpoint: str = "", vae: str = "") -> None:
+    pipeline, label, cfg = _teacher(checkpoint, vae)
     groups = {"one shape, 'a C circle'": [(c,) for c in COLOURS], "two shapes, 'a C circle and a D square'":
               list(BINDING_PAIRS)}
     print(f"{label}: per frame, the colours shown as significant blobs ({seeds} noises per caption, 50 steps, "
@@ -331,8 +333,8 @@ def check_binding(seeds: int, checkpoint: str = "") -> None:
         print(f"  {name} ({len(texts)} videos): " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
 
 
-def check_sampler(num: int, checkpoint: str = "") -> None:
-    pipeline, label, cfg = _teacher(checkpoint)
+def check_sampler(num: int, checkpoint: str = "", vae: str = "") -> None:
+    pipeline, label, cfg = _teacher(checkpoint, vae)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     captions = eval_captions(num, 0)
     seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
@@ -354,8 +356,8 @@ def check_sampler(num: int, checkpoint: str = "") -> None:
 RESTORE_SIGMAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)  # 0: the VAE round trip, the ceiling
 
 
-def check_restore(num: int, checkpoint: str = "") -> None:
-    pipeline, label, cfg = _teacher(checkpoint)
+def check_restore(num: int, checkpoint: str = "", vae: str = "") -> None:
+    pipeline, label, cfg = _teacher(checkpoint, vae)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     real, captions = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
     assert captions == eval_captions(num, 0)
@@ -504,26 +506,26 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="noises per colour (teacher) / per caption (binding)")
     p.add_argument("--checkpoint", default="", help="teacher, frames, persist, binding, sampler, restore: a teacher export "
                                                     "(asd-train export; its text encoder beside it) for the shipped one")
-    p.add_argument("--vae", default="", help="latent, geometry: another VAE file (a run's model.safetensors) "
-                                             "than the shipped one")
+    p.add_argument("--vae", default="", help="another VAE file (a run's model.safetensors) than the shipped "
+                                             "one: vae, latent and geometry read it, the teacher checks decode by it")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.check == "vae":
-        check_vae(args.num)
+        check_vae(args.num, args.vae)
     elif args.check == "text":
         check_text()
     elif args.check == "teacher":
-        check_teacher(args.num, args.seeds, args.checkpoint)
+        check_teacher(args.num, args.seeds, args.checkpoint, args.vae)
     elif args.check == "frames":
-        check_frames(args.num, args.checkpoint)
+        check_frames(args.num, args.checkpoint, args.vae)
     elif args.check == "persist":
-        check_persist(args.num, args.checkpoint)
+        check_persist(args.num, args.checkpoint, args.vae)
     elif args.check == "binding":
-        check_binding(args.seeds, args.checkpoint)
+        check_binding(args.seeds, args.checkpoint, args.vae)
     elif args.check == "sampler":
-        check_sampler(args.num, args.checkpoint)
+        check_sampler(args.num, args.checkpoint, args.vae)
     elif args.check == "restore":
-        check_restore(args.num, args.checkpoint)
+        check_restore(args.num, args.checkpoint, args.vae)
     elif args.check == "geometry":
         check_geometry(args.vae)
     else:
