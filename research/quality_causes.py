@@ -12,7 +12,7 @@
     python -m research.quality_causes restore    # the teacher from real videos part-noised: where is the caption lost?
 
 Issue 24, item 1 (docs/results.md, "Where the quality goes"). Each check prints its figures and
-runs in 1-3 minutes on one thread (latent: about 8; binding --seeds 4: about 5); evaluation
+runs in 1-3 minutes on one thread (latent: about 8; binding --seeds 4: about 5; restore: about 4); evaluation
 seed 0's captions and videos unless named.
 The teacher checks take --checkpoint, a teacher export (asd-train export), for the shipped teacher,
 and --vae, the VAE it was trained on, for the shipped one.
