@@ -47,7 +47,7 @@ and --vae, the VAE it was trained on, for the shipped one.
 - geometry: one 16-pixel circle per colour (and a blank video) through the encoder; per colour,
   the distance of its latent from the blank video's in the transformer's normalised units, in
   latent frame 0 and averaged over frames 1-8; and per channel, the posterior's std against the
-  channel's std over clips (near 1: a channel the decoder learnt to read through noise). A colour
+  channel's std over clips (near or above 1: the posterior noise swamps that channel's means). A colour
   close to the background in the latent is a small target for the teacher (finding 20). --vae.
 - restore: evaluation seed 0's real videos, encoded, noised to sigma 0 (the round trip) ... 1 and denoised by the
   teacher's Euler ODE (50 steps at shift 5, the rest of the grid below that sigma), each level
@@ -365,7 +365,8 @@ def check_restore(num: int, checkpoint: str = "", vae: str = "") -> None:
         clean = torch.cat([codec.encode(video_to_pixels(torch.from_numpy(real[lo:lo + 8]).float() / 255.0))
                            for lo in range(0, num, 8)])
         context, uncond = enc.encode(captions), enc.encode([""])
-    noise = draw_noise(clean.shape, [torch.Generator().manual_seed(NOISE_STRIDE * 0 + i) for i in range(num)])
+    seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
+    noise = draw_noise(clean.shape, [torch.Generator().manual_seed(s) for s in seeds])
     keys = ("total", "semantic", "colour", "object_class", "multiple_objects", "empty_frames", "sharpness")
     print(f"{label}: {num} real videos of evaluation seed 0 noised to sigma, then the teacher's Euler ODE "
           f"(50-step grid at shift {DEFAULT_SHIFT:g}, CFG {cfg:g})")
