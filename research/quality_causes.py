@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from asd_core.cli.evaluate import _load, build_parser
 from asd_core.losses import add_noise, flow_matching_loss
 from asd_core.sampler import draw_noise, sample_video
-from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep, timestep_to_sigma
+from asd_core.schedule import DEFAULT_SHIFT, parse_plan, sigma_to_timestep
 from asd_core.toy.defaults import TOY, default_file
 from asd_core.toy.domain import (
     BACKGROUND_RGB,
@@ -89,7 +89,7 @@ from asd_core.toy.scores import evaluate_videos
 from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.toy.thresholds import default_min_area
 from asd_core.vae import load_codec, pixels_to_video, video_to_pixels
-from trainer.rollout import guided_flow, ode_grid, teacher_trajectory
+from trainer.rollout import teacher_trajectory
 from trainer.stages.data import TRAIN_STREAM
 
 CLASS_NAMES = ("background", *COLOURS)
@@ -362,8 +362,7 @@ def check_restore(num: int, checkpoint: str = "", vae: str = "") -> None:
     real, captions = make_batch(EVAL_STREAM, num, TOY.pixel_frames, TOY.height, TOY.width)
     assert captions == eval_captions(num, 0)
     with torch.no_grad():
-        clean = torch.cat([codec.encode(video_to_pixels(torch.from_numpy(real[lo:lo + 8]).float() / 255.0))
-                           for lo in range(0, num, 8)])
+        clean = torch.cat([codec.encode(video_to_pixels(torch.from_numpy(real[lo:lo + 8]))) for lo in range(0, num, 8)])
         context, uncond = enc.encode(captions), enc.encode([""])
     seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
     noise = draw_noise(clean.shape, [torch.Generator().manual_seed(s) for s in seeds])
@@ -371,18 +370,14 @@ def check_restore(num: int, checkpoint: str = "", vae: str = "") -> None:
     print(f"{label}: {num} real videos of evaluation seed 0 noised to sigma, then the teacher's Euler ODE "
           f"(50-step grid at shift {DEFAULT_SHIFT:g}, CFG {cfg:g})")
     print("  " + " " * 10 + "".join(f"{k[:12]:>13s}" for k in keys))
-    full = ode_grid((), 50, DEFAULT_SHIFT)
     for sigma in RESTORE_SIGMAS:
-        start = sigma_to_timestep(sigma)
-        grid = [start] + [t for t in full if t < start]
         videos = []
         for lo in range(0, num, 8):
             x = (1 - sigma) * clean[lo:lo + 8] + sigma * noise[lo:lo + 8]
+            _, x0 = teacher_trajectory(model, x, context[lo:lo + 8], uncond, cfg, (), 50, DEFAULT_SHIFT,
+                                       start=sigma_to_timestep(sigma))
             with torch.no_grad():
-                for t, t_next in zip(grid[:-1], grid[1:]):
-                    flow = guided_flow(model, x.to(model.dtype), t, context[lo:lo + 8], uncond, cfg)
-                    x = x + (timestep_to_sigma(t_next) - timestep_to_sigma(t)) * flow
-                videos.append(to_uint8(pixels_to_video(codec.decode(x.float()))))
+                videos.append(to_uint8(pixels_to_video(codec.decode(x0))))
         scores = evaluate_videos(np.concatenate(videos), captions)
         print(f"  sigma {sigma:<4g}" + "".join(f"{scores[k]:13.3f}" for k in keys))
 
@@ -469,8 +464,8 @@ def check_geometry(vae: str) -> None:
     videos.append(np.broadcast_to(np.array(BACKGROUND_RGB, dtype=np.uint8), videos[0].shape).copy())
     real, _ = make_batch(EVAL_STREAM, 8, TOY.pixel_frames, TOY.height, TOY.width)
     with torch.no_grad():
-        z = codec.encode(video_to_pixels(torch.from_numpy(np.stack(videos)).float() / 255.0))
-        posterior = codec.vae.encode(video_to_pixels(torch.from_numpy(real).float() / 255.0)).latent_dist
+        z = codec.encode(video_to_pixels(torch.from_numpy(np.stack(videos))))
+        posterior = codec.vae.encode(video_to_pixels(torch.from_numpy(real))).latent_dist
     gap = (z[:-1] - z[-1:]).pow(2).sum(dim=(1, 3, 4)).sqrt()  # (colours, latent frames)
     print(f"{vae or 'the shipped VAE'}: distance of a 16-px circle's latent from a blank video's (normalised units)")
     print("  " + " " * 10 + "".join(f"{c:>9s}" for c in COLOURS))

@@ -101,6 +101,18 @@ def test_teacher_trajectory_matches_the_closed_form_solution():
     torch.testing.assert_close(x0, noise - 1.5)
 
 
+def test_teacher_trajectory_from_a_part_noised_start_runs_the_rest_of_the_path():
+    from trainer.rollout import teacher_trajectory
+
+    start = torch.randn(2, 3, 2, 2, 2)  # x at sigma 0.6, off the grid's points
+    context = torch.full((2, 1, 1), 0.5)
+    recorded, x0 = teacher_trajectory(ConstantFlow(), start, context, torch.zeros(1, 1, 1), 3.0, (500.0,), 7, 5.0,
+                                      start=600.0)
+    # flow 1.5 as above: from sigma 0.6 the path moves by 1.5 per unit of sigma, to sigma 0.5 and to 0
+    torch.testing.assert_close(recorded[500.0], start - 0.1 * 1.5)
+    torch.testing.assert_close(x0, start - 0.6 * 1.5)
+
+
 @pytest.fixture(scope="module")
 def distill_runs(teacher_run, ode_run, tmp_path_factory):
     runs = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from asd_core.kv_cache import KVCache
-from asd_core.schedule import timestep_to_sigma
+from asd_core.schedule import NUM_TRAIN_TIMESTEPS, timestep_to_sigma
 
 
 class _ReadOnlyCache:
@@ -157,12 +157,15 @@ def ode_grid(record_at: tuple[float, ...], ode_steps: int, shift: float) -> list
 
 @torch.no_grad()
 def teacher_trajectory(teacher, noise: torch.Tensor, context: torch.Tensor, uncond: torch.Tensor | None,
-                       cfg_scale: float, record_at: tuple[float, ...], ode_steps: int, shift: float):
+                       cfg_scale: float, record_at: tuple[float, ...], ode_steps: int, shift: float,
+                       start: float = NUM_TRAIN_TIMESTEPS):
     """Deterministic Euler ODE of the flow teacher from noise (at t=1000) to a clean video.
 
-    Returns ({timestep: x_t (B, C, F, H, W)} for every timestep in `record_at`, x0).
+    `start` < 1000 runs the same grid from a part-noised latent `noise` at that timestep instead
+    (the grid's steps below it; research's `restore` check). Returns ({timestep: x_t (B, C, F, H, W)}
+    for every timestep in `record_at`, x0).
     """
-    grid = ode_grid(record_at, ode_steps, shift)
+    grid = [start] + [t for t in ode_grid(record_at, ode_steps, shift) if t < start]
     wanted = {round(float(t), 6) for t in record_at}
     x = noise.float()
     recorded = {}
