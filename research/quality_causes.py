@@ -84,7 +84,14 @@ from asd_core.toy.domain import (
     trajectory,
 )
 from asd_core.toy.measures import NO_SHAPE, analyse, caption_pairs, segment
-from asd_core.toy.model_eval import EVAL_STREAM, NOISE_STRIDE, eval_captions, generate_videos, to_uint8, vae_round_trip
+from asd_core.toy.model_eval import (
+    EVAL_STREAM,
+    eval_captions,
+    eval_noise_seeds,
+    generate_videos,
+    to_uint8,
+    vae_round_trip,
+)
 from asd_core.toy.scores import evaluate_videos
 from asd_core.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from asd_core.toy.thresholds import default_min_area
@@ -337,7 +344,7 @@ def check_sampler(num: int, checkpoint: str = "", vae: str = "") -> None:
     pipeline, label, cfg = _teacher(checkpoint, vae)
     model, enc, codec = pipeline.model, pipeline.text_encoder, pipeline.codec
     captions = eval_captions(num, 0)
-    seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
+    seeds = eval_noise_seeds(num, 0)  # asd-eval's noises
     renoised = generate_videos(model, enc, codec, captions, seeds, parse_plan("50"), cfg, batch=8)
     shape = (num, model.config.in_channels, TOY.latent_frames, TOY.latent_height, TOY.latent_width)
     noise = draw_noise(shape, [torch.Generator().manual_seed(s) for s in seeds])  # the sampler's first draw
@@ -364,7 +371,7 @@ def check_restore(num: int, checkpoint: str = "", vae: str = "") -> None:
     with torch.no_grad():
         clean = torch.cat([codec.encode(video_to_pixels(torch.from_numpy(real[lo:lo + 8]))) for lo in range(0, num, 8)])
         context, uncond = enc.encode(captions), enc.encode([""])
-    seeds = [0 * NOISE_STRIDE + i for i in range(num)]  # asd-eval's noises of evaluation seed 0
+    seeds = eval_noise_seeds(num, 0)  # asd-eval's noises
     noise = draw_noise(clean.shape, [torch.Generator().manual_seed(s) for s in seeds])
     keys = ("total", "semantic", "colour", "object_class", "multiple_objects", "empty_frames", "sharpness")
     print(f"{label}: {num} real videos of evaluation seed 0 noised to sigma, then the teacher's Euler ODE "

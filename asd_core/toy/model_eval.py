@@ -38,6 +38,11 @@ def eval_captions(num: int, seed: int = 0) -> list[str]:
     return [caption(sample_video_spec(stream, i, TOY.pixel_frames, TOY.height, TOY.width)) for i in range(num)]
 
 
+def eval_noise_seeds(num: int, seed: int = 0) -> list[int]:
+    """The noise seeds of evaluation seed `seed`'s first `num` videos: every scorer draws the same noise."""
+    return [seed * NOISE_STRIDE + i for i in range(num)]
+
+
 def real_videos(num: int, seed: int = 0, frames: int = TOY.pixel_frames) -> tuple[np.ndarray, list[str]]:
     """The domain's videos behind `eval_captions(num, seed)`, rendered for `frames` pixel frames.
 
@@ -71,8 +76,7 @@ def score_model(model, text_encoder, codec, *, plan: StepPlan | str | None = Non
     if not isinstance(plan, StepPlan):
         plan = parse_plan(plan or model.trained_plan or "1*")
     captions = eval_captions(num, seed)
-    seeds = [seed * NOISE_STRIDE + i for i in range(num)]
-    videos = generate_videos(model, text_encoder, codec, captions, seeds, plan, cfg_scale, batch,
+    videos = generate_videos(model, text_encoder, codec, captions, eval_noise_seeds(num, seed), plan, cfg_scale, batch,
                              context_noise=context_noise, latent_frames=latent_frames, window=window, sink=sink,
                              progress=progress)
     return _scores(videos, captions, ranges) | {
