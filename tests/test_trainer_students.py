@@ -172,6 +172,10 @@ def test_export_at_a_step_writes_what_the_stage_exports(distill_runs, tmp_path, 
     assert all(torch.equal(exported.state_dict[k], final.state_dict[k]) for k in final.state_dict)
     assert exported.metadata == final.metadata  # config, plan, role and asd_weight
     assert load_model(out).trained_plan == "2"
+    # The teacher's frozen encoder goes beside it, as beside the finished run's model: asd-eval
+    # pairs a file with the encoder next to it, and would otherwise fall back to the built-in one.
+    beside, reference = tensors(tmp_path / "text_encoder.safetensors"), tensors(run / "text_encoder.safetensors")
+    assert beside.keys() == reference.keys() and all(torch.equal(beside[k], reference[k]) for k in reference)
     capsys.readouterr()
     assert main(["export", str(run), "--step", "3", "--out", str(tmp_path / "x.safetensors")]) == 2
     error = capsys.readouterr().err

@@ -4,9 +4,11 @@ A finished run already wrote its model (`model.safetensors`); this is for the ch
 the way there: evaluating a run part-way (where a student started to collapse, say), or
 taking a model from a run that was stopped. The file is the one the stage's own export
 writes at that step: the EMA network, the model config, the plan and the metadata the stage
-records for its export (role, alpha) in every checkpoint. A teacher trains its toy text
-encoder with it, so a teacher's export also writes that step's encoder beside the file, as the
-finished run's export does: asd-eval and the loader pair a model with the encoder beside it.
+records for its export (role, alpha) in every checkpoint. asd-eval and the loader pair a model
+with the toy text encoder beside it, so the export writes one there, as the finished run's
+export does: a teacher's own encoder at that step (it trains with it), or for an ode_init or
+distill run the frozen encoder of the teacher it read (without it a student would be scored
+with the built-in encoder, whose tokens mean nothing to it).
 
 `raw=True` writes the trained network itself instead of its EMA, with `asd.ema_decay` "0.0":
 the file a run with `ema_decay=0` would have exported, since the EMA feeds nothing back into
@@ -80,6 +82,8 @@ def export_step(run_dir: str | Path, step: int, out: str | Path, raw: bool = Fal
         network = next(name for name in RAW_NETWORKS if name in meta["modules"])
         metadata["asd.ema_decay"] = "0.0"
     encoder = _text_encoder_at(path, meta, config)
+    if encoder is None:
+        encoder = _teachers_text_encoder(extra.get("config", {}))
     target = Path(out).parent / TEXT_ENCODER_FILE
     if encoder is not None and target.is_file() and not _same_weights(ToyTextEncoder.load(target), encoder):
         raise ValueError(f"{target.parent} already holds another text encoder ({target.name}), which this "
@@ -112,6 +116,22 @@ def _text_encoder_at(path: Path, meta: dict, config: CausalWanConfig) -> ToyText
     encoder = ToyTextEncoder(ToyTextConfig(width=config.text_dim, **options))
     encoder.load_state_dict(read_module_state(path, "text_encoder"))
     return encoder
+
+
+def _teachers_text_encoder(saved_config: dict) -> ToyTextEncoder | None:
+    """The frozen encoder a student run read beside its teacher (what its export ships), or None
+    for a run on precomputed prompt embeddings or without a teacher."""
+    teacher = saved_config.get("teacher")
+    if not teacher or saved_config.get("prompt_embeddings"):
+        return None
+    try:
+        source = resolve_model_file(teacher).parent / TEXT_ENCODER_FILE
+    except ValueError:
+        source = None
+    if source is None or not source.is_file():
+        raise ValueError(f"the run read its prompts through the text encoder beside its teacher ({teacher}), "
+                         "which is gone: restore that run (or its text_encoder.safetensors) to export this step")
+    return ToyTextEncoder.load(source)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
