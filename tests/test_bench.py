@@ -263,6 +263,21 @@ def test_inspect_tells_the_shipped_students_trained_size(capsys):
     assert trained["video"] == VideoSize(9, 8, 8).describe() and "toy" in trained["source"]
 
 
+def test_inspect_tells_a_resized_toy_models_trained_size_and_not_a_wider_texts():
+    """The toy teacher and students may be deeper or wider than the base toy (the 5.3M teacher
+    is 6 layers, 4 heads, FFN 512): still the toy domain's size. Another text width is not."""
+    from dataclasses import replace
+
+    from asd_core.cli.inspect import _trained_video
+    from asd_core.toy.defaults import toy_model_config
+
+    resized = replace(toy_model_config(), num_layers=6, num_attention_heads=4, ffn_dim=512)
+    video, source = _trained_video(resized)
+    assert video == VideoSize(9, 8, 8) and "toy" in source
+    video, source = _trained_video(replace(resized, text_dim=96))
+    assert video is None and "--video" in source
+
+
 # --- the trainer's own benchmark ---------------------------------------------------------------
 
 def test_trainer_bench_is_its_own_command(capsys):

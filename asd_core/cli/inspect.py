@@ -83,13 +83,17 @@ def _kv_cache(config: CausalWanConfig, video: VideoSize | None, dtype: torch.dty
 
 
 def _trained_video(config: CausalWanConfig) -> tuple[VideoSize | None, str]:
-    """Files record no video size: the built-in toy architecture trains on the toy domain's,
-    Wan-sized text conditioning means Wan2.1's 81x832x480; anything else needs --video."""
+    """Files record no video size: the built-in toy architecture trains on the toy domain's (also
+    resized in depth, heads or FFN width, as the shipped teacher and students are), Wan-sized text
+    conditioning means Wan2.1's 81x832x480; anything else needs --video."""
     from dataclasses import replace
 
     from ..toy.defaults import TOY, toy_model_config
 
-    if replace(config, chunk_frames=TOY.chunk_frames) == toy_model_config():
+    toy = toy_model_config()
+    resizable = {"chunk_frames": TOY.chunk_frames, "num_layers": toy.num_layers,
+                 "num_attention_heads": toy.num_attention_heads, "ffn_dim": toy.ffn_dim}
+    if replace(config, **resizable) == toy:
         return VideoSize(TOY.latent_frames, TOY.latent_height, TOY.latent_width), "the toy domain's size (asd_core.toy.defaults)"
     if config.text_dim == 4096:
         return REAL_VIDEO, "Wan2.1's 832x480x81 (umt5 text width; the file records no size)"
