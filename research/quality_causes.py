@@ -33,7 +33,7 @@ and --vae, the VAE it was trained on, for the shipped one.
 - binding: "a C circle" for the 7 colours and "a C circle and a D square" for 10 colour pairs,
   --seeds noises each: per frame, the share showing each named colour, both at once, a colour
   not named, and colours per frame. Colours bound to shapes: a second colour word brings no
-  unnamed colour; blended: it does (finding 13).
+  unnamed colour; blended: it does (docs/results.md, "Where the quality goes", item 3).
 - sampler: evaluation seed 0's captions from the same noise, sampled by the few-step sampler asd-eval
   uses (predict x0, re-noise with fresh noise, 50 times) and by the Euler ODE the ode_init stage
   records its trajectories with; each scored by the evaluator.
@@ -48,7 +48,8 @@ and --vae, the VAE it was trained on, for the shipped one.
   the distance of its latent from the blank video's in the transformer's normalised units, in
   latent frame 0 and averaged over frames 1-8; and per channel, the posterior's std against the
   channel's std over clips (near or above 1: the posterior noise swamps that channel's means). A colour
-  close to the background in the latent is a small target for the teacher (finding 20). --vae.
+  close to the background in the latent is a small target for the teacher (docs/results.md,
+  "Where the quality goes", item 4). --vae.
 - restore: evaluation seed 0's real videos, encoded, noised to sigma 0 (the round trip) ... 1 and denoised by the
   teacher's Euler ODE (50 steps at shift 5, the rest of the grid below that sigma), each level
   scored by the evaluator. Sigma 1 is generation (the sampler check's ODE row); a caption kept

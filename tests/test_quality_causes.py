@@ -1,4 +1,5 @@
-"""The binding measure of `research.quality_causes` (docs/results.md, finding 13), on videos whose answer is known."""
+"""The binding measure of `research.quality_causes` on videos whose answer is known
+(docs/results.md, "Where the quality goes", item 3)."""
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def test_a_video_that_draws_its_caption_shows_every_named_colour_and_no_other():
 
 
 def test_a_blend_of_the_two_named_colours_counts_as_a_colour_not_named():
-    # "a red circle and a blue square" drawn as red + magenta: the teacher's failure of finding 13
+    # "a red circle and a blue square" drawn as red + magenta: the teacher's blend (docs/results.md)
     shares = binding_shares(np.stack([_video(("red", "magenta"))]), [("red", "blue")])
     assert shares["named colour"] == pytest.approx(0.5)
     assert shares["all named at once"] == 0.0
