@@ -69,3 +69,72 @@ def test_a_part_with_a_new_seed_extends_every_row():
     partial = {**third, "rows": dict(list(third["rows"].items())[:3])}
     with pytest.raises(SystemExit, match="other seeds"):
         merge([two, partial], Path("w"))
+
+
+# --- the targets of the built-in default, over training seeds ----------------------------------
+
+def targets_cache(asd_one, asd_star, asd_two, dmd_one, dmd_two, teacher=(0.80, 0.81), vae=0.91):
+    """A research.targets cache for two evaluation seeds (figures equal on both) and len(asd_one) pairs."""
+    figures = {}
+
+    def put(key, total, semantic=0.5):
+        for seed in (3, 4):
+            figures[f"{key}|{seed}"] = {"total": total, "quality": 0.5, "semantic": semantic, "fd": 1.0}
+
+    put("vae", vae)
+    put("teacher", *teacher)
+    for i in range(len(asd_one)):
+        put(f"asd{i}|1", asd_one[i])
+        put(f"asd{i}|1*", asd_star[i])
+        put(f"asd{i}|2", asd_two[i])
+        put(f"dmd{i}|1", dmd_one[i])
+        put(f"dmd{i}|1*", dmd_one[i])
+        put(f"dmd{i}|2", dmd_two[i])
+    return {"seeds": [3, 4], "num": 2, "training_seeds": [len(asd_one), len(dmd_one)], "figures": figures}
+
+
+def test_targets_are_met_only_when_every_seed_says_so():
+    from research.targets import assess
+
+    met = {r["target"]: r["met"] for r in assess(targets_cache(
+        asd_one=[0.70, 0.71, 0.72], asd_star=[0.77, 0.76, 0.78], asd_two=[0.81, 0.80, 0.82],
+        dmd_one=[0.66, 0.67, 0.68], dmd_two=[0.78, 0.79, 0.77]))}
+    assert all(met.values()), met
+    # One DMD seed inside ASD's range at `2`, one seed where FFE loses, a teacher under 0.80 semantic:
+    rows = assess(targets_cache(
+        asd_one=[0.70, 0.71, 0.72], asd_star=[0.77, 0.70, 0.78], asd_two=[0.81, 0.80, 0.82],
+        dmd_one=[0.66, 0.67, 0.68], dmd_two=[0.78, 0.805, 0.77], teacher=(0.80, 0.79), vae=0.899))
+    met = {r["target"]: r["met"] for r in rows}
+    assert [name for name, ok in met.items() if not ok] == [
+        "VAE round trip total >= 0.90", "teacher total >= 0.80 and semantic >= 0.80",
+        "ASD `1*` total >= 95% of the teacher's",  # mean 0.75 = 93.75% of 0.80
+        "ASD above DMD only at `2`, beyond the training-seed spread", "ASD `1*` above `1`, in every training seed"]
+    assert "-0.0100" in rows[-1]["measured"]  # the seed where FFE lost, by how much
+
+
+def test_targets_cache_figures_and_resume_where_they_stopped(tmp_path, monkeypatch):
+    import research.targets as targets
+
+    calls = []
+
+    def fake_evaluate(args):
+        calls.append((args.checkpoint, args.plan, args.seed))
+        return {"total": 0.5, "quality": 0.5, "semantic": 0.5, "fd": 1.0}
+
+    monkeypatch.setattr(targets, "evaluate", fake_evaluate)
+    weights = tmp_path / "w"
+    weights.mkdir()
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+        runs.append(str(tmp_path / name))
+    out = tmp_path / "t.json"
+    common = ["--weights", str(weights), "--asd", runs[0], "--dmd", runs[1], "--seeds", "3", "4", "--num", "2",
+              "--out", str(out)]
+    assert targets.main([*common, "--only", "asd"]) == 0
+    assert len(calls) == 3 * 2 and all(c[0].endswith("a/model.safetensors") for c in calls)
+    assert targets.main(common) == 0  # the ASD figures are not measured again
+    assert len(calls) == 3 * 2 + (2 + 3) * 2
+    with pytest.raises(SystemExit, match="no model file"):
+        targets.main(["--weights", str(weights), "--asd", str(tmp_path / "c"), "--dmd", runs[1]])
