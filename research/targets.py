@@ -28,6 +28,7 @@ from asd_core.atomic import atomic_path
 from asd_core.cli.evaluate import build_parser as eval_parser
 from asd_core.cli.evaluate import evaluate
 from asd_core.toy.defaults import TEACHER_CFG
+from trainer.stages.common import resolve_model_file
 
 STUDENT_PLANS = ("1", "1*", "2")
 TARGETS = {  # name -> what is compared; the numbers are the issue's
@@ -42,12 +43,10 @@ TARGETS = {  # name -> what is compared; the numbers are the issue's
 
 
 def model_file(run: str) -> Path:
-    path = Path(run)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise SystemExit(f"{run}: no model file (a finished run's folder or a .safetensors file)")
-    return path
+    try:
+        return resolve_model_file(run)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def jobs(weights: Path, asd: list[str], dmd: list[str]) -> list[tuple[str, list[str]]]:

@@ -136,5 +136,5 @@ def test_targets_cache_figures_and_resume_where_they_stopped(tmp_path, monkeypat
     assert len(calls) == 3 * 2 and all(c[0].endswith("a/model.safetensors") for c in calls)
     assert targets.main(common) == 0  # the ASD figures are not measured again
     assert len(calls) == 3 * 2 + (2 + 3) * 2
-    with pytest.raises(SystemExit, match="no model file"):
+    with pytest.raises(SystemExit, match="no such file or run directory"):
         targets.main(["--weights", str(weights), "--asd", str(tmp_path / "c"), "--dmd", runs[1]])
