@@ -15,10 +15,10 @@ import argparse
 
 import torch
 
-from asd_core.cli.evaluate import _load, build_parser
 from asd_core.schedule import parse_plan, timestep_to_sigma
 from asd_core.toy.model_eval import eval_captions, eval_noise_seeds, generate_videos
 from asd_core.toy.scores import evaluate_videos
+from research.quality_causes import _teacher
 
 # (scale above the threshold, scale at or below it, threshold sigma); the first is constant guidance.
 SCHEDULES = ((2.0, 2.0, 0.75), (4.0, 2.0, 0.75), (4.0, 1.0, 0.75), (2.0, 1.0, 0.75), (6.0, 2.0, 0.75))
@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
-    pipeline, _, _ = _load(build_parser().parse_args(["--checkpoint", args.checkpoint, "--vae", args.vae]))
+    pipeline, _, _ = _teacher(args.checkpoint, args.vae)
     captions, seeds = eval_captions(args.num, args.seed), eval_noise_seeds(args.num, args.seed)
     print(f"{args.checkpoint}: {args.num} videos of evaluation seed {args.seed}, plan 50")
     print("| guidance | " + " | ".join(KEYS) + " |")
