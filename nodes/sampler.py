@@ -135,7 +135,7 @@ class ASDCausalSampler:
                     "default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
                     "tooltip": "Classifier-free guidance scale, used only with a negative conditioning. "
                                "Distilled (ASD / Self Forcing) models need none: keep 1.0. A teacher file "
-                               "records its scale as metadata asd.cfg (the built-in teacher: 1.5).",
+                               "records its scale as metadata asd.cfg (the built-in teacher: 2).",
                 }),
             },
             "optional": {

@@ -1,7 +1,7 @@
 """Table 2 of the paper on the toy domain: `python -m research.results --num 64 --seeds 0 1 2`.
 
 Rows: the domain's real videos (and after the VAE round trip), the many-step teacher at CFG 3
-and at CFG 1.5 (its best), and the ASD (alpha > 0) and DMD-only (alpha = 0) students distilled
+and at its own guidance (TEACHER_CFG, 2), and the ASD (alpha > 0) and DMD-only (alpha = 0) students distilled
 from the same init, each at the paper's `1`, `1*`, `2`, `2*`, `4` and at `1*2` (FFE with a
 2-step first chunk). Every row sees the same captions and noise (asd-eval's seeds).
 Writes docs/results.json (every figure of every seed), docs/results.md's table and
@@ -25,7 +25,7 @@ from asd_core.toy.defaults import TEACHER_CFG, WEIGHTS_DIR
 PLANS = ("1", "1*", "1*2", "2", "2*", "4")  # 1*2: a 2-step first chunk (the CFG-3 student's best one-step plan)
 KEYS = ("total", "quality", "semantic", "fd")
 # The teacher's rows, as (CFG, plot line style): 3, the paper's real-score guidance (the students'
-# before 2026-12-03), and TEACHER_CFG (1.5), the teacher's best and the shipped students' real score.
+# before 2026-12-03), and TEACHER_CFG (2), the teacher's and the shipped students' real score.
 TEACHER_ROWS = (("3", "--"), (f"{TEACHER_CFG:g}", "-."))
 
 

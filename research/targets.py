@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         cache = json.loads(path.read_text())
         if (cache["seeds"], cache["num"]) != (args.seeds, args.num):
             raise SystemExit(f"{path} holds figures for other --seeds or --num: give another --out")
+        # More training seeds than last time extend the cache: the first runs' figures are kept.
+        cache["training_seeds"] = [len(args.asd), len(args.dmd)]
     todo = jobs(Path(args.weights), args.asd, args.dmd)
     if args.only:
         prefix = {"reference": ("vae", "teacher"), "asd": ("asd",), "dmd": ("dmd",)}[args.only]

@@ -69,18 +69,18 @@ def test_checkpoint_is_scored_reproducibly_and_below_real(toy_files, capsys):
 def test_teacher_role_gets_guidance_and_its_own_plan(toy_files, capsys):
     result = run_json(capsys, "--checkpoint", str(toy_files["teacher"]), "--vae", str(toy_files["vae"]),
                       "--num", "2")
-    assert result["plan"] == "2" and "cfg 1.5" in result["model"] and result["model"].startswith("teacher")
+    assert result["plan"] == "2" and "cfg 2" in result["model"] and result["model"].startswith("teacher")
 
 
 def test_guidance_the_checkpoint_records_is_the_default_and_cfg_scale_overrides_it(toy_files, capsys):
     model = CausalWanTransformer(toy_model_config())
     config = toy_model_config().__class__(**{**toy_model_config().__dict__, "chunk_frames": TOY.latent_frames})
-    teacher = save_checkpoint(toy_files["teacher"].parent / "teacher_cfg2.safetensors", model.state_dict(), config,
-                              plan="2", extra={"asd.role": "teacher", "asd.cfg": "2.0"})
+    teacher = save_checkpoint(toy_files["teacher"].parent / "teacher_cfg25.safetensors", model.state_dict(), config,
+                              plan="2", extra={"asd.role": "teacher", "asd.cfg": "2.5"})
     common = ["--checkpoint", str(teacher), "--vae", str(toy_files["vae"]), "--num", "2"]
     recorded = run_json(capsys, *common)
-    assert recorded["model"].endswith("cfg 2")  # the file's scale, not the teacher fallback 1.5
-    explicit = run_json(capsys, *common, "--cfg-scale", "2")
+    assert recorded["model"].endswith("cfg 2.5")  # the file's scale, not the teacher fallback 2
+    explicit = run_json(capsys, *common, "--cfg-scale", "2.5")
     assert explicit["fd"] == recorded["fd"] and explicit["total"] == recorded["total"]
     unguided = run_json(capsys, *common, "--cfg-scale", "1")
     assert unguided["model"].endswith("cfg 1") and unguided["fd"] != recorded["fd"]

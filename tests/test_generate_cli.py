@@ -1,5 +1,6 @@
 """`asd-generate` end to end on the built-in default (and its untrained stand-in when no weights are there)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from asd_core.checkpoint import save_checkpoint
 from asd_core.cli.generate import main
 from asd_core.config import tiny_config
 from asd_core.model import CausalWanTransformer
-from asd_core.toy.defaults import load_default_pipeline, toy_model_config
+from asd_core.toy.defaults import TOY, load_default_pipeline, toy_model_config
 from asd_core.video_io import read_video
 
 
@@ -53,7 +54,7 @@ def test_mp4_same_seed_same_video_steps_flag_and_sizes(tmp_path, capsys):
 
 def test_plan_defaults_to_the_checkpoints_trained_plan(tmp_path, capsys):
     model = load_default_pipeline().model
-    path = save_checkpoint(tmp_path / "toy.safetensors", model.state_dict(), toy_model_config(), plan="2")
+    path = save_checkpoint(tmp_path / "toy.safetensors", model.state_dict(), model.config, plan="2")
     out = tmp_path / "x.gif"
     assert main(["--checkpoint", str(path), "--out", str(out), "--frames", "9", "--width", "16", "--height", "16"]) == 0
     line = capsys.readouterr().out.strip()
@@ -63,7 +64,7 @@ def test_plan_defaults_to_the_checkpoints_trained_plan(tmp_path, capsys):
 def test_guidance_defaults_to_what_the_checkpoint_records(tmp_path, capsys):
     """A teacher records the CFG it samples best at (asd.cfg); students record none and sample unguided."""
     model = load_default_pipeline().model
-    path = save_checkpoint(tmp_path / "guided.safetensors", model.state_dict(), toy_model_config(), plan="2",
+    path = save_checkpoint(tmp_path / "guided.safetensors", model.state_dict(), model.config, plan="2",
                            extra={"asd.cfg": "2.5"})
     small = ["--checkpoint", str(path), "--frames", "9", "--width", "16", "--height", "16", "--seed", "1"]
     recorded, explicit, unguided = tmp_path / "r.mp4", tmp_path / "e.mp4", tmp_path / "u.mp4"
@@ -280,8 +281,10 @@ def _crafted(tmp_path, name, **changes):
     import safetensors.torch
 
     from asd_core.checkpoint import FORMAT
+    from asd_core.toy.defaults import default_file
 
-    config = json.loads(toy_model_config().to_json())
+    with safetensors.safe_open(default_file("student"), "pt") as shipped:
+        config = json.loads(shipped.metadata()["asd.config"])  # the shipped student's own
     config.update(changes)
     path = tmp_path / name
     safetensors.torch.save_file(_student_tensors(), path,
@@ -340,10 +343,10 @@ def test_memory_is_estimated_against_the_device_before_loading(tmp_path, capsys,
 
 @pytest.mark.parametrize("changes, message", [
     (dict(num_layers=10000000), "num_layers must be a whole number in [1, 1000], got 10000000"),
-    (dict(num_layers=40), "the model config says num_layers 40 but the file holds 4 transformer blocks"),
+    (dict(num_layers=40), "the model config says num_layers 40 but the file holds 6 transformer blocks"),
     (dict(num_attention_heads="2"), "num_attention_heads must be a whole number in [1, 1024], got '2' (str)"),
     (dict(num_attention_heads=-2), "num_attention_heads must be a whole number in [1, 1024], got -2"),
-    (dict(ffn_dim=512), "mis-shaped: blocks.0.ffn.net.0.proj.weight file (256, 128) vs model (512, 128)"),
+    (dict(ffn_dim=1024), "mis-shaped: blocks.0.ffn.net.0.proj.weight file (512, 256) vs model (1024, 256)"),
 ])
 def test_crafted_metadata_is_refused_quickly(tmp_path, capsys, no_model_loads, changes, message):
     path = _crafted(tmp_path, "crafted.safetensors", **changes)
@@ -363,9 +366,10 @@ def test_truncated_pt_is_reported_as_truncated(tmp_path, capsys, no_model_loads)
 
 def test_non_finite_output_is_refused_and_nothing_is_written(tmp_path, capsys):
     """NaN weights and guidance that overflows used to write a garbage video with exit 0."""
-    state = load_default_pipeline().model.state_dict()
+    model = load_default_pipeline().model
+    state = model.state_dict()
     state["proj_out.weight"] = torch.full_like(state["proj_out.weight"], float("nan"))
-    path = save_checkpoint(tmp_path / "nan.safetensors", state, toy_model_config())
+    path = save_checkpoint(tmp_path / "nan.safetensors", state, model.config)
     small = ["--frames", "9", "--width", "16", "--height", "16"]
     for args in (["--checkpoint", str(path)], ["--cfg-scale", "1e38"]):
         out = tmp_path / "x.gif"
@@ -405,7 +409,8 @@ def test_a_toy_checkpoint_samples_with_the_text_encoder_exported_beside_it(tmp_p
     shipped = load_default_pipeline(which="teacher")
     run = tmp_path / "export"
     run.mkdir()
-    checkpoint = save_checkpoint(run / "teacher.safetensors", shipped.model.state_dict(), toy_model_config())
+    chunked = replace(shipped.model.config, chunk_frames=TOY.chunk_frames)  # causal, so 9 frames make whole chunks
+    checkpoint = save_checkpoint(run / "teacher.safetensors", shipped.model.state_dict(), chunked)
     torch.manual_seed(5)
     own = ToyTextEncoder(ToyTextConfig(width=shipped.text_encoder.width))  # weights unlike the shipped encoder's
     own.save(run / "text_encoder.safetensors")

@@ -1,5 +1,6 @@
 """The Table 2 writer: every row, mean and spread over seeds, and the plot file."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,11 @@ def fake_results(seeds=(0, 1)):
 def test_rows_cover_teacher_ground_truth_and_both_students_at_every_plan():
     names = [name for name, _ in rows(Path("w"))]
     assert names[:4] == ["ground truth", "ground truth, VAE round trip", "teacher, 50 steps, CFG 3",
-                         "teacher, 50 steps, CFG 1.5"]
+                         "teacher, 50 steps, CFG 2"]
     assert names[4:] == [f"{s} {p}" for s in ("ASD", "DMD only") for p in PLANS]
     args = dict(rows(Path("w")))
     assert args["teacher, 50 steps, CFG 3"][2:4] == ["--cfg-scale", "3"]
-    assert args["teacher, 50 steps, CFG 1.5"][2:4] == ["--cfg-scale", "1.5"]
+    assert args["teacher, 50 steps, CFG 2"][2:4] == ["--cfg-scale", "2"]
     assert args["DMD only 1*"][:4] == ["--checkpoint", str(Path("w") / "student_dmd_only.safetensors"), "--plan", "1*"]
 
 
@@ -138,3 +139,10 @@ def test_targets_cache_figures_and_resume_where_they_stopped(tmp_path, monkeypat
     assert len(calls) == 3 * 2 + (2 + 3) * 2
     with pytest.raises(SystemExit, match="no such file or run directory"):
         targets.main(["--weights", str(weights), "--asd", str(tmp_path / "c"), "--dmd", runs[1]])
+    # A second training seed pair extends the same cache: only the new pair is measured, and the
+    # targets are then judged over both pairs.
+    more = ["--weights", str(weights), "--asd", runs[0], runs[0], "--dmd", runs[1], runs[1], "--seeds", "3", "4",
+            "--num", "2", "--out", str(out)]
+    assert targets.main(more) == 0
+    assert len(calls) == 3 * 2 + (2 + 3) * 2 + (3 + 3) * 2
+    assert json.loads(out.read_text())["training_seeds"] == [2, 2]

@@ -86,7 +86,7 @@ def test_vae_stage_with_edge_loss_logs_it(tmp_path):
 
 
 def test_decoder_fine_tuning_keeps_the_latent_space(vae_run, tmp_path):
-    # Longer clips than `init` trained on (as vae_decoder_long does): statistics measured on them
+    # Longer clips than `init` trained on: statistics measured on them
     # would differ, and the teacher's latents, normalised with init's, would decode shifted.
     out = tmp_path / "decoder"
     assert train("vae.yaml", out, f"init={vae_run}", "freeze_encoder=true", "max_steps=1", "batch_size=1",

@@ -49,7 +49,7 @@ def ode_run(teacher_run, tmp_path_factory):
 
 def distill_args(teacher_run, ode_run, steps, *extra):
     """Tiny sizes over the shipped recipe; the uniform exit draw (the recipe's weights are for plan 4)
-    and an EMA that averages (the recipe ships the generator itself), so the EMA tests mean something."""
+    and an EMA from step 0 (the recipe's starts at 200), so the EMA tests mean something."""
     return [f"teacher={teacher_run}", f"init={ode_run}", f"max_steps={steps}", "batch_size=2", "num_frames=4",
             "plan=2", "export_plan=2", "exit_weights=[]", "gen_update_ratio=2", "ema_decay=0.99", "ema_start=0",
             "save_every=100", *TINY_VIDEO, *extra]
@@ -133,9 +133,9 @@ def test_distill_dmd_and_asd_write_loadable_students(distill_runs, ode_run):
         assert metadata["asd.asd_weighting"] == {"dmd": "fixed", "asd": "relative"}[name]
         assert metadata["asd.asd_counts"] == "1"  # plan 2: ASD compares 1-step with 2-step outputs only
         assert metadata["asd.asd_weight"] == {"dmd": "0.0", "asd": "1.0"}[name]
-        assert metadata["asd.real_cfg"] == "1.5"  # the recipe's guidance of the real score
+        assert metadata["asd.real_cfg"] == "2.0"  # the recipe's guidance of the real score (TEACHER_CFG)
         assert metadata["asd.exit_weights"] == {"dmd": "", "asd": "3,1"}[name]  # "" = the uniform draw
-        assert metadata["asd.ema_decay"] == "0.99"  # the tests' average (the recipe ships without one)
+        assert metadata["asd.ema_decay"] == "0.99"  # the recipe's decay, from step 0 here
         state = tensors(run / "checkpoints" / "step_00000004" / "tensors.safetensors")
         key = "blocks.0.attn1.to_q.weight"
         assert not torch.equal(state[f"model/generator/{key}"], init[key])  # the generator trained

@@ -80,7 +80,7 @@ class TeacherConfig(RunConfig):
     cfg_dropout: float = 0.1  # probability a sample's text is replaced by the unconditional context
     # The guidance the teacher is sampled with: its sample videos, and written into its export as
     # asd.cfg, which asd-eval / asd-generate take as the file's default CFG. Set it to the scale the
-    # teacher scores best at once a sweep has found it (the shipped toy teacher: 1.5).
+    # teacher scores best at once a sweep has found it (the shipped toy teacher: 2).
     sample_cfg: float = 3.0
     timestep_shift: float = 3.0  # training sigmas u ~ U(0,1) warped by this shift (more time at high noise)
     # Data: "synthetic" (toy domain, encoded by `vae` once into a latent pool) or "latents" (shards).

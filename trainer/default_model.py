@@ -2,11 +2,12 @@
 
 The stages run in order, each with its toy config (trainer/configs/toy/), which holds the
 shipped recipe and the reasons for its values; this driver only says where each run reads
-the runs it builds on. Sized to train on 2 CPU cores in about two and a half hours:
+the runs it builds on. Sized to train on 2 CPU cores in a few sessions (docs/default_model.md
+gives each stage's time):
 
-    vae -> vae_decoder -> vae_decoder_long -> vae_decoder_full (decoder fine-tunes on 5-, 9- and
-        33-frame clips; the encoder, hence the latent space, fixed after `vae`)
-    vae -> teacher -> ode_init -> distill_asd (alpha > 0) and distill_dmd (alpha = 0, the ablation)
+    vae -> vae_full -> vae_decoder (the whole VAE on 33-frame videos, then its decoder alone;
+        the encoder, hence the latent space, fixed after `vae_full`)
+    vae_decoder -> teacher -> ode_init -> distill_asd (alpha > 0) and distill_dmd (alpha = 0, the ablation)
 
 Every stage is resumable: a finished stage (its model.safetensors exists) is skipped, an
 interrupted one resumes from its latest checkpoint. `--ship` copies the results into
@@ -35,16 +36,15 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "toy"
 STUDENT_RUNS = ["teacher={runs}/teacher", "init={runs}/ode_init"]
 STAGES = [
     ("vae", "vae.yaml", []),
-    ("vae_decoder", "vae_decoder.yaml", ["init={runs}/vae"]),
-    ("vae_decoder_long", "vae_decoder_long.yaml", ["init={runs}/vae_decoder"]),
-    ("vae_decoder_full", "vae_decoder_full.yaml", ["init={runs}/vae_decoder_long"]),
-    ("teacher", "teacher.yaml", ["vae={runs}/vae"]),
+    ("vae_full", "vae_full.yaml", ["init={runs}/vae"]),
+    ("vae_decoder", "vae_decoder.yaml", ["init={runs}/vae_full"]),
+    ("teacher", "teacher.yaml", ["vae={runs}/vae_decoder"]),
     ("ode_init", "ode_init.yaml", ["teacher={runs}/teacher"]),
     ("distill_asd", "distill.yaml", STUDENT_RUNS),
     ("distill_dmd", "distill_dmd_only.yaml", STUDENT_RUNS),
 ]
 SHIPPED = {  # weights file -> (run, file in the run)
-    DEFAULT_FILES["vae"]: ("vae_decoder_full", FINAL_MODEL),
+    DEFAULT_FILES["vae"]: ("vae_decoder", FINAL_MODEL),
     DEFAULT_FILES["teacher"]: ("teacher", FINAL_MODEL),
     DEFAULT_FILES["text_encoder"]: ("teacher", TEXT_ENCODER_FILE),
     DEFAULT_FILES["student"]: ("distill_asd", FINAL_MODEL),
