@@ -10,7 +10,7 @@ one JSON object:
 * samples_per_second_{1,2}_procs: distill samples per second with 1 and 2 processes
   (torchrun, gloo on the CPU, one thread each; per-process batch fixed), and their ratio.
 
-The networks are random but of the built-in default's size (toy domain: 9 latent frames of
+The networks are random but of the toy base size (toy domain: 9 latent frames of
 8x8, 4-layer width-128 transformer): the cost does not depend on the weights' values.
 """
 
