@@ -281,14 +281,14 @@ def _crafted(tmp_path, name, **changes):
     import safetensors.torch
 
     from asd_core.checkpoint import FORMAT
+    from asd_core.checkpoint_io import read_safetensors
     from asd_core.toy.defaults import default_file
 
-    with safetensors.safe_open(default_file("student"), "pt") as shipped:
-        config = json.loads(shipped.metadata()["asd.config"])  # the shipped student's own
+    state, metadata = read_safetensors(default_file("student"))
+    config = json.loads(metadata["asd.config"])  # the shipped student's own
     config.update(changes)
     path = tmp_path / name
-    safetensors.torch.save_file(_student_tensors(), path,
-                                metadata={"asd.format": FORMAT, "asd.config": json.dumps(config)})
+    safetensors.torch.save_file(state, path, metadata={"asd.format": FORMAT, "asd.config": json.dumps(config)})
     return path
 
 
