@@ -220,3 +220,42 @@ def test_ode_init_makes_the_trajectories_its_steps_read_and_extends_them_on_resu
     made, reference = trajectories(short), trajectories(full)
     assert reference["x0"].shape[0] == 16
     assert all(torch.equal(made[k], reference[k][:10]) for k in reference)  # the same sequence, made in two parts
+
+
+def test_ode_init_keeps_the_trajectories_made_before_it_was_stopped(vae_run, tmp_path, monkeypatch):
+    """A run stopped while the teacher integrates loses only the batch under way."""
+    from trainer.stages import ode_init
+
+    teacher_run = tmp_path / "teacher"
+    assert main(teacher(vae_run, teacher_run, "max_steps=1")) == 0
+
+    def ode(out_dir, *words):
+        return [str(CONFIGS / "ode_init.yaml"), f"out_dir={out_dir}", f"teacher={teacher_run}", *QUIET,
+                "num_trajectories=8", "batch_size=2", "num_frames=3", "chunk_frames=1", "plan=2", "ode_steps=4",
+                "max_steps=4", "ema_start=0", *TINY_VIDEO, *words]
+
+    def trajectories(run):
+        return safetensors.torch.load_file(str(run / "trajectories_rank0.safetensors"))
+
+    full = tmp_path / "full"
+    assert main(ode(full)) == 0
+    real = ode_init.teacher_trajectory
+    calls = []
+
+    def stopped_in_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ode_init, "TRAJECTORY_SAVE_SECONDS", 0.0)
+    monkeypatch.setattr(ode_init, "teacher_trajectory", stopped_in_third_batch)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        main(ode(stopped))
+    assert trajectories(stopped)["x0"].shape[0] == 4  # batches 1 and 2 of 4 were kept
+    calls.clear()
+    monkeypatch.setattr(ode_init, "teacher_trajectory", real)
+    assert main(ode(stopped)) == 0
+    made, reference = trajectories(stopped), trajectories(full)
+    assert all(torch.equal(made[k], reference[k]) for k in reference)  # the same 8 as an uninterrupted run

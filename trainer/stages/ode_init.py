@@ -5,13 +5,15 @@ passes through at the student's plan timesteps are recorded, with the clean end 
 student (the teacher's weights, block-causal with `chunk_frames`) then learns to map the
 recorded state of each chunk, at a timestep drawn per chunk from the plan, to the end point
 in one block-causal pass: x0 regression (MSE). Trajectories are generated per process,
-deterministically from the seed, as many as the run reads, and cached in out_dir so a resumed
-run reuses them (and adds what a longer run reads).
+deterministically from the seed, as many as the run reads, and cached in out_dir (also while
+they are being made, every few minutes) so a resumed or interrupted run reuses them and makes
+only the rest.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import safetensors.torch
@@ -38,6 +40,9 @@ from .common import (
 from .data import rank_indices
 
 TRAJECTORY_SALT = 7  # step_seed salt of the trajectory noise (distinct from the per-step streams)
+# Making the trajectories of a CPU run takes tens of minutes: what is made is written at least
+# this often, so a stopped run loses minutes, not the lot (each write rewrites the whole file).
+TRAJECTORY_SAVE_SECONDS = 300.0
 
 
 def trajectory_batch(config) -> int:
@@ -114,7 +119,8 @@ class OdeInitStage(TransformerStage):
         generator = torch.Generator().manual_seed(step_seed(c.seed, rt.rank, 0, TRAJECTORY_SALT))
         record = self.record_at()
         channels = self.teacher.config.in_channels
-        states, ends, contexts = [], [], []
+        made: dict[str, list[torch.Tensor]] = {"states": [], "x0": [], "context": []}
+        last_save = time.monotonic()
         bar = tqdm(total=need - done, desc="teacher trajectories", unit="traj", dynamic_ncols=True,
                    disable=not (c.progress and rt.is_main))
         for start in range(0, need, per_batch):
@@ -126,13 +132,21 @@ class OdeInitStage(TransformerStage):
             context = self.prompts.contexts(indices)
             recorded, x0 = teacher_trajectory(self.teacher, noise, context, self.prompts.uncond, c.cfg_scale,
                                               record, c.ode_steps, c.ode_shift)
-            states.append(torch.stack([recorded[round(float(t), 6)] for t in record], dim=1).cpu())
-            ends.append(x0.cpu())
-            contexts.append(context.float().cpu())
+            made["states"].append(torch.stack([recorded[round(float(t), 6)] for t in record], dim=1).cpu())
+            made["x0"].append(x0.cpu())
+            made["context"].append(context.float().cpu())
             bar.update(count)
+            if time.monotonic() - last_save >= TRAJECTORY_SAVE_SECONDS and start + per_batch < need:
+                self._save_trajectories(path, have, made, per_batch)
+                last_save = time.monotonic()
         bar.close()
-        made = {"states": torch.cat(states), "x0": torch.cat(ends), "context": torch.cat(contexts)}
-        data = {k: torch.cat([have[k], v]) for k, v in made.items()} if have else made
+        return self._save_trajectories(path, have, made, per_batch)
+
+    @staticmethod
+    def _save_trajectories(path: Path, have: dict[str, torch.Tensor], made: dict[str, list[torch.Tensor]],
+                           per_batch: int) -> dict[str, torch.Tensor]:
+        """Write the trajectories on disk before this run plus those it made so far (atomically)."""
+        data = {k: torch.cat(([have[k]] if have else []) + made[k]) for k in made}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, suffix=".tmp") as temp:
             safetensors.torch.save_file({k: v.contiguous() for k, v in data.items()}, str(temp),
