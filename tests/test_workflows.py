@@ -4,6 +4,7 @@ and our nodes in them executed for real."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -37,8 +38,6 @@ def by_class(prompt: dict, kind: str) -> list[str]:
 
 def test_workflow_files_are_what_make_workflows_writes():
     """The files are generated from the nodes' schemas: a node change without regenerating fails here."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS / "make_workflows.py")
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
@@ -300,8 +299,6 @@ def test_requirements_txt_is_pyprojects_dependencies_without_torch():
 
 
 def maker():
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS / "make_workflows.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -393,6 +390,26 @@ def test_every_workflow_is_a_template_with_a_title_a_description_and_a_crisp_thu
             assert (np.abs(pixels[:8] - np.array([24, 24, 28])).max(axis=2) > 8).any(), name  # no dark card border
 
 
+@pytest.mark.parametrize("name", ["asd_t2v_default_1star.json", "asd_compare_1star_2star_4.json", "asd_i2v.json",
+                                  "asd_continue_video.json", "asd_long_video.json"])
+def test_sample_workflow_videos_show_what_their_prompt_names(name):
+    """What a user sees first: every video a sample workflow makes with the built-in default, at the
+    seed saved in it, shows the named shapes in the named colours (the evaluator's semantic score
+    against the workflow's own prompt, each decode's whole video)."""
+    from asd_core.toy.scores import score_videos
+
+    spec = importlib.util.spec_from_file_location("make_thumbnails", WORKFLOWS / "make_thumbnails.py")
+    thumbnails = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbnails)
+    (text,) = by_class(convert(name), "ASDTextEncode")
+    words = convert(name)[text]["inputs"]["text"]
+    videos = thumbnails.decoded_videos(name, maker(), comfy_executor, pack, CORE)
+    assert videos
+    for video in videos:
+        semantic = float(score_videos(video[None], [words])["semantic"][0])
+        assert semantic >= 0.8, (name, words, semantic)
+
+
 def test_prompt_switch_workflow_follows_the_switch_by_the_evaluators_colour_check():
     prompt = convert("asd_prompt_switch.json")
     (schedule,) = by_class(prompt, "ASDPromptSchedule")
@@ -408,22 +425,20 @@ def test_prompt_switch_workflow_follows_the_switch_by_the_evaluators_colour_chec
         analysis = measures.analyse(uint8_frames(results[decode][0]), min_area=8)
         return measures.frame_checks(analysis, [(colour, kind)])["colour"][:, 0]
 
-    red, blue = colour_shown(prompt, "red", "circle"), colour_shown(prompt, "blue", "square")
+    red, blue = colour_shown(prompt, "red", "circle"), colour_shown(prompt, "blue", "circle")
     unswitched = json.loads(json.dumps(prompt))
     del unswitched[sampler]["inputs"]["prompt_schedule"]
-    blue_unswitched = colour_shown(unswitched, "blue", "square")
+    blue_unswitched = colour_shown(unswitched, "blue", "circle")
     assert len(red) == prompt[sampler]["inputs"]["frames"]
     assert red[:switch_at].mean() >= 0.8 and blue[:switch_at].mean() <= 0.1  # "a red circle" before the switch
     assert (blue[:switch_at] == blue_unswitched[:switch_at]).all()  # the chunks before the switch are the same
-    # "a blue square" from the switch on: blue shows in many more frames than without the switch.
+    # "a blue circle" from the switch on: blue shows in many more frames than without the switch.
     assert blue[switch_at:].mean() >= blue_unswitched[switch_at:].mean() + 0.25
 
 
 def test_run_in_comfyui_reports_a_partly_refused_prompt_as_refused(monkeypatch):
     """ComfyUI answers 200 when only some outputs fail validation, runs the rest, and lists the
     failures in node_errors: the runner must not print that as a success with no video."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("run_in_comfyui", WORKFLOWS / "run_in_comfyui.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)

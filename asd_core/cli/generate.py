@@ -37,7 +37,7 @@ from ..toy.defaults import TOY
 from ..toy.domain import CAPTION_VOCAB
 from ..video_io import VIDEO_EXTENSIONS
 
-DEFAULT_PROMPT = "a red circle and a blue square"
+DEFAULT_PROMPT = "a red circle"  # what the built-in student draws reliably at its own plan, 1*
 WAN_SIZES = {"frames": 81, "width": 832, "height": 480, "fps": 16}
 TOY_SIZES = {"frames": TOY.pixel_frames, "width": TOY.width, "height": TOY.height, "fps": TOY.fps}
 MAX_FPS = 1000.0  # beyond this no player shows the frames (GIF/WebP store whole milliseconds per frame)
