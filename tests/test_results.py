@@ -146,3 +146,29 @@ def test_targets_cache_figures_and_resume_where_they_stopped(tmp_path, monkeypat
     assert targets.main(more) == 0
     assert len(calls) == 3 * 2 + (2 + 3) * 2 + (3 + 3) * 2
     assert json.loads(out.read_text())["training_seeds"] == [2, 2]
+
+
+def test_the_docs_targets_table_says_what_its_recorded_figures_say():
+    """docs/results.md's targets table is written by hand around docs/targets.json (the cache
+    research.targets filled): every mean and every met/not-met it states must be the cache's."""
+    from research.targets import assess
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    cache = json.loads((docs / "targets.json").read_text())
+    section = (docs / "results.md").read_text().split("## The targets")[1].split("\n## ")[0]
+    assert cache["training_seeds"] == [3, 3] and cache["seeds"] == [3, 4, 5] and cache["num"] == 64
+    rows = {r["target"]: r for r in assess(cache)}
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ")}
+
+    def line_of(target):
+        (match,) = [line for key, line in lines.items() if key.split(",")[0] == target.split(",")[0]]
+        return match
+
+    for target, row in rows.items():
+        line = line_of(target)
+        for figure in [word.strip("(;,") for word in row["measured"].split()
+                       if word[:2] == "0." and len(word.strip("(;,")) == 6]:
+            assert figure in line, (target, figure)
+        verdict = line.rstrip(" |").rsplit(" | ", 1)[1]
+        assert verdict.startswith("yes") == row["met"] or (not row["met"] and verdict.startswith("on seeds")), \
+            (target, verdict)
