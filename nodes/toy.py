@@ -12,13 +12,11 @@ import logging
 import torch
 from einops import rearrange
 
-from ..asd_core.toy.domain import CAPTION_VOCAB
+from ..asd_core.toy.defaults import DEFAULT_PROMPT
+from ..asd_core.toy.domain import BUILTIN_WORDS
 from . import host
 from .loader import default_pipeline
 from .sampler import FRAMES_PER_LATENT, PIXELS_PER_LATENT
-
-DEFAULT_PROMPT = "a red circle"  # what the built-in student draws reliably at its own plan, 1*
-BUILTIN_WORDS = " ".join(w for w in CAPTION_VOCAB if w != ",")  # what the built-in text encoder was trained on
 
 
 class ASDTextEncode:

@@ -401,8 +401,9 @@ def test_sample_workflow_videos_show_what_their_prompt_names(name):
     spec = importlib.util.spec_from_file_location("make_thumbnails", WORKFLOWS / "make_thumbnails.py")
     thumbnails = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(thumbnails)
-    (text,) = by_class(convert(name), "ASDTextEncode")
-    words = convert(name)[text]["inputs"]["text"]
+    prompt = convert(name)
+    (text,) = by_class(prompt, "ASDTextEncode")
+    words = prompt[text]["inputs"]["text"]
     videos = thumbnails.decoded_videos(name, maker(), comfy_executor, pack, CORE)
     assert videos
     for video in videos:

@@ -33,15 +33,13 @@ from ..pipeline import is_toy_text_encoder
 from ..request import CLI_NAMES, check_request, check_seed
 from ..samplers import NAMES as SAMPLER_NAMES
 from ..schedule import StepPlan, parse_plan
-from ..toy.defaults import TOY
-from ..toy.domain import CAPTION_VOCAB
+from ..toy.defaults import DEFAULT_PROMPT, TOY
+from ..toy.domain import BUILTIN_WORDS
 from ..video_io import VIDEO_EXTENSIONS
 
-DEFAULT_PROMPT = "a red circle"  # what the built-in student draws reliably at its own plan, 1*
 WAN_SIZES = {"frames": 81, "width": 832, "height": 480, "fps": 16}
 TOY_SIZES = {"frames": TOY.pixel_frames, "width": TOY.width, "height": TOY.height, "fps": TOY.fps}
 MAX_FPS = 1000.0  # beyond this no player shows the frames (GIF/WebP store whole milliseconds per frame)
-BUILTIN_WORDS = " ".join(w for w in CAPTION_VOCAB if w != ",")  # what the built-in text encoder was trained on
 ECHO_LIMIT = 80  # characters of a quoted user value (a prompt) kept in an error message
 
 

@@ -27,6 +27,9 @@ DEFAULT_FILES = {
 # the shipped students were distilled toward: picked among 1.5, 2, 2.5 and 3 by a rule fixed before
 # the sweep (docs/results.md, "Where the quality goes", item 5). One constant, so the two cannot drift apart.
 TEACHER_CFG = 2.0
+# The prompt asd-generate and the ASD Text Encode node start from: at the student's own plan, 1*,
+# it draws one circle reliably and squares as rounded blobs (workflows/README.md has the scores).
+DEFAULT_PROMPT = "a red circle"
 UNTRAINED_LABEL = "UNTRAINED random model: the trained default is not shipped yet"
 UNTRAINED_SEED = 20251102
 

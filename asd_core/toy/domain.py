@@ -48,6 +48,8 @@ KINDS: tuple[str, ...] = ("circle", "square", "triangle")
 
 # Every token a caption can contain ("," is its own token); a toy text encoder's vocabulary.
 CAPTION_VOCAB: list[str] = ["a", "and", ","] + list(COLOURS) + list(KINDS)
+# The words a user may type (the vocabulary as help and warnings list it).
+BUILTIN_WORDS = " ".join(w for w in CAPTION_VOCAB if w != ",")
 
 DEFAULT_FRAMES = 33
 DEFAULT_HEIGHT = 64
